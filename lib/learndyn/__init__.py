@@ -1,0 +1,12 @@
+"""learndyn: compute kernels for the executable lecture notes on noise and learning dynamics.
+
+Core modules: :mod:`~learndyn.backend` (device, dtype, seeds, validation), :mod:`~learndyn.ensemble`
+(replica-batched simulation), :mod:`~learndyn.flows` (moment/flow equations), :mod:`~learndyn.gaussian`
+(Gaussian expectations), :mod:`~learndyn.data` and :mod:`~learndyn.plotting`. Each chapter has its own
+module built on these; the core never imports a chapter module.
+"""
+
+from .backend import make_generator, resolve_device, resolve_dtype, seed_from_environment
+
+__version__ = "0.1.0"
+__all__ = ["make_generator", "resolve_device", "resolve_dtype", "seed_from_environment"]
