@@ -64,7 +64,7 @@ def test_divergent_replicas_are_flagged_and_frozen_not_raised(device):
     def step(s, _):
         return s * growth[:, None] ** 100  # replica 1 overflows to inf after a few steps
 
-    result = run_ensemble(step, state, 20, record=5)
+    result = run_ensemble(step, state, 20, record=5, check_every=1)
     assert result.diverged.tolist() == [False, True, False]
     assert result.diverged_at[1] > 0 and result.diverged_at[0] == -1
     assert torch.isfinite(result.state).all()
@@ -75,10 +75,31 @@ def test_divergent_replicas_are_flagged_and_frozen_not_raised(device):
 def test_bound_flags_large_norms(device):
     state = torch.zeros(2, 2, dtype=torch.float64, device=device)
     speeds = torch.tensor([[0.1], [1.0]], dtype=torch.float64, device=device)
-    result = run_ensemble(lambda s, _: s + speeds, state, 10, bound=5.0)
+    result = run_ensemble(lambda s, _: s + speeds, state, 10, bound=5.0, check_every=1)
     assert result.diverged.tolist() == [False, True]
     assert torch.linalg.norm(result.state[1]) <= 5.0
     assert result.diverged_at[1] == 4  # ||(k, k)|| > 5 first at k = 4
+
+
+def test_coarse_checks_restore_the_state_of_the_previous_check(device):
+    state = torch.zeros(2, 1, dtype=torch.float64, device=device)
+    speeds = torch.tensor([[0.1], [1.0]], dtype=torch.float64, device=device)
+    result = run_ensemble(lambda s, _: s + speeds, state, 30, bound=12.0, check_every=10,
+                          record=[0, 30])
+    assert result.diverged.tolist() == [False, True]
+    assert result.diverged_at[1] == 20 and result.state[1].item() == 10.0
+    assert torch.isclose(result.state[0], torch.tensor([3.0], dtype=torch.float64, device=device))
+
+
+def test_noise_tuples_are_sliced_per_step(device):
+    state = torch.zeros(3, dtype=torch.float64, device=device)
+
+    def noise(k, _):
+        ramp = torch.arange(k, dtype=torch.float64, device=device)[:, None].expand(k, 3)
+        return ramp, 2 * ramp
+
+    result = run_ensemble(lambda s, z: s + z[0] + z[1], state, 4, noise=noise, noise_chunk=2)
+    assert torch.all(result.state == 3 * (0 + 1 + 0 + 1))
 
 
 def test_tuple_states_and_custom_observables(device):
