@@ -11,7 +11,7 @@ LIB_HASH = $(shell cat $$(find lib -name '*.py' | sort) pyproject.toml | sha256s
 CACHE := _build/.jupyter_cache
 NOTEBOOKS := $(sort $(wildcard book/*.ipynb))
 
-.PHONY: book test unit notebooks sphinx lint bench student clean
+.PHONY: book test unit notebooks sphinx lint bench student clean cache-key
 
 $(INSTALLED): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,5 +46,9 @@ sphinx: $(INSTALLED) cache-key
 bench: $(INSTALLED)
 	$(BIN)/python -m bench
 
+student: $(INSTALLED)
+	$(BIN)/python -m learndyn.teaching book student
+	@echo "Hand-outs without solutions: $(CURDIR)/student/"
+
 clean:
-	rm -rf _build
+	rm -rf _build student
