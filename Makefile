@@ -11,7 +11,7 @@ LIB_HASH = $(shell cat $$(find lib -name '*.py' | sort) pyproject.toml | sha256s
 CACHE := _build/.jupyter_cache
 NOTEBOOKS := $(sort $(wildcard book/*.ipynb))
 
-.PHONY: book test unit notebooks sphinx lint bench student clean cache-key
+.PHONY: book test unit notebooks sphinx lint bench student clean cache-key browser-test
 
 $(INSTALLED): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,7 +34,7 @@ lint: $(INSTALLED)
 	$(BIN)/ruff check lib tests bench book
 
 unit: $(INSTALLED)
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests --ignore=tests/browser
 
 notebooks: $(INSTALLED)
 	$(BIN)/python -m pytest --nbval-lax --nbval-cell-timeout=300 -p no:cacheprovider $(NOTEBOOKS)
@@ -45,6 +45,14 @@ sphinx: $(INSTALLED) cache-key
 
 bench: $(INSTALLED)
 	$(BIN)/python -m bench
+
+# The built book in headless Chromium (Debian's chromium and chromium-driver, installed here when
+# missing); screenshots of each chapter land in _build/screenshots/.
+browser-test: $(INSTALLED)
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; fi
+	@test -f _build/html/index.html || $(MAKE) book
+	$(BIN)/python -m pytest tests/browser -p no:cacheprovider
 
 student: $(INSTALLED)
 	$(BIN)/python -m learndyn.teaching book student
