@@ -7,7 +7,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 
-RAW_MATH_MARKERS = ("$$", "\\begin{", "\\frac", "\\mathbb")
+RAW_MATH_MARKERS = ("$$", "\\(", "\\[", "\\begin{", "\\frac", "\\mathbb")
 PAGE_STATE = """
 const images = Array.from(document.images).map(i => ({src: i.src, complete: i.complete,
     width: i.naturalWidth, height: i.naturalHeight}));
