@@ -1,0 +1,648 @@
+"""Chapter 4 (weight fluctuations in linear networks): kernels for the stationary regime of SGD.
+
+Equation labels (``ln-...``) refer to ``book/linear_network_fluctuations.ipynb``. The chapter
+follows Gross, Raulf and Räth (2024) for single- and two-layer linear networks on Gaussian data with
+noisy labels, and Feng and Tu (2021) for the variance and flatness measurements.
+
+Conventions: a minibatch gradient is the mean of ``batch_size`` per-sample gradients of
+``l = |f(x) - y|^2 / 2``; a *noise covariance* ``D`` is normalised so that the minibatch gradient
+has covariance ``D / batch_size``; covariances of the weights are about the minimum (the stationary
+mean of a linear model is exactly the minimum). Parameters of a two-layer network
+``f = W2 W1 x`` are flattened as ``[W1.flatten(), W2.flatten()]`` (row-major).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+import torch
+
+from .backend import (
+    as_tensor,
+    check_count,
+    check_covariance,
+    check_positive,
+    check_shape,
+    make_generator,
+    resolve_device,
+    resolve_dtype,
+)
+from .ensemble import replica_mean_and_error, run_ensemble
+
+ORDERS = ("continuum", "next_order", "discrete")
+
+
+# --------------------------------------------------------------------------------------------------
+# Gradient-noise covariance
+# --------------------------------------------------------------------------------------------------
+
+
+def online_noise_covariance(weights, teacher, input_covariance, label_noise_variance, *,
+                            device=None, dtype=None) -> torch.Tensor:
+    """Per-sample gradient covariance of online linear regression, Eq. (ln-online-noise).
+
+    ``C(w) = H v v^T H + (v^T H v + sigma^2) H`` with ``v = w - w*`` and ``H = Sigma`` (Gaussian
+    inputs ``x ~ N(0, Sigma)``, labels ``y = w*^T x + sigma eps``). ``weights`` may carry leading
+    batch axes ``(..., N)``; returns ``(..., N, N)``.
+    """
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    sigma = check_covariance(as_tensor(input_covariance, "input_covariance", device=device,
+                                       dtype=dtype), "input_covariance")
+    n = sigma.shape[-1]
+    w = check_shape(as_tensor(weights, "weights", device=device, dtype=dtype), (n,), "weights")
+    w_star = check_shape(as_tensor(teacher, "teacher", device=device, dtype=dtype), (n,), "teacher")
+    noise = check_positive(label_noise_variance, "label_noise_variance", allow_zero=True)
+    hv = (w - w_star) @ sigma
+    quadratic = (hv * (w - w_star)).sum(-1)
+    return hv[..., :, None] * hv[..., None, :] + (quadratic + noise)[..., None, None] * sigma
+
+
+def sampling_factor(n_samples: int, batch_size: int, replacement: bool) -> float:
+    """``(P - B) / (P - 1)`` for minibatches without replacement, else 1 (Eq. ln-finite-noise)."""
+    check_count(n_samples, "n_samples", minimum=2)
+    check_count(batch_size, "batch_size")
+    if replacement:
+        return 1.0
+    if batch_size > n_samples:
+        raise ValueError(f"batch_size={batch_size} exceeds n_samples={n_samples} "
+                         "(minibatches without replacement)")
+    return (n_samples - batch_size) / (n_samples - 1)
+
+
+def empirical_noise_covariance(weights, inputs, labels, *, batch_size: int = 1,
+                               replacement: bool = True, device=None, dtype=None) -> torch.Tensor:
+    """Gradient-noise covariance on a finite data set, Eq. (ln-finite-noise).
+
+    ``D = c [ (1/P) sum_mu g_mu g_mu^T - grad L grad L^T ]`` with ``g_mu = x_mu (x_mu^T w - y_mu)``
+    and ``c = (P - B)/(P - 1)`` without replacement (``c = 1`` with), so that the minibatch gradient
+    has covariance ``D / B``. ``weights`` ``(..., N)``, ``inputs`` ``(P, N)``, ``labels`` ``(P,)``.
+    """
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    x, y = _data(inputs, labels, device, dtype)
+    w = check_shape(as_tensor(weights, "weights", device=device, dtype=dtype), (x.shape[1],),
+                    "weights")
+    factor = sampling_factor(x.shape[0], batch_size, replacement)
+    residuals = w @ x.T - y  # (..., P)
+    per_sample = residuals[..., :, None] * x  # (..., P, N)
+    mean = per_sample.mean(-2)
+    second = per_sample.transpose(-1, -2) @ per_sample / x.shape[0]
+    return factor * (second - mean[..., :, None] * mean[..., None, :])
+
+
+def least_squares_minimum(inputs, labels, *, device=None, dtype=None):
+    """The minimum ``w_LS`` of the empirical loss and residuals ``r = y - X w_LS`` (needs P > N)."""
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    x, y = _data(inputs, labels, device, dtype)
+    if x.shape[0] <= x.shape[1]:
+        raise ValueError(f"inputs has shape {tuple(x.shape)}: the minimum is unique only for P > N")
+    w = torch.linalg.lstsq(x, y[:, None]).solution[:, 0]
+    return w, y - x @ w
+
+
+# --------------------------------------------------------------------------------------------------
+# Stationary covariance: Lyapunov equation, next order, exact discrete time
+# --------------------------------------------------------------------------------------------------
+
+
+def solve_lyapunov(hessian, noise, eta: float = 1.0, batch_size: int = 1, *, method: str = "eigen",
+                   device=None, dtype=None) -> torch.Tensor:
+    """Solve ``H S + S H = (eta / B) D``, Eq. (ln-lyapunov), for symmetric positive-definite ``H``.
+
+    ``method="eigen"``: the closed form ``S_ab = (eta/B) D_ab / (lambda_a + lambda_b)`` in the
+    eigenbasis of ``H`` (Eq. ln-lyapunov-eigen), batched over leading axes. ``method="scipy"``:
+    ``scipy.linalg.solve_continuous_lyapunov`` matrix by matrix (a cross-check, CPU, slow).
+    ``noise`` must be symmetric positive semi-definite.
+    """
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    h = check_covariance(as_tensor(hessian, "hessian", device=device, dtype=dtype), "hessian")
+    d = as_tensor(noise, "noise", device=device, dtype=dtype)
+    check_shape(d, tuple(h.shape[-2:]), "noise")
+    check_covariance(d, "noise", strict=False)
+    scale = check_positive(eta, "eta") / check_count(batch_size, "batch_size")
+    if method == "eigen":
+        lam, vec = torch.linalg.eigh(h)
+        rotated = vec.transpose(-1, -2) @ d @ vec
+        s = scale * rotated / (lam[..., :, None] + lam[..., None, :])
+        return vec @ s @ vec.transpose(-1, -2)
+    if method == "scipy":
+        hb, db = torch.broadcast_tensors(h, d)
+        flat_h = hb.reshape(-1, *hb.shape[-2:]).cpu().numpy()
+        flat_d = db.reshape(-1, *db.shape[-2:]).cpu().numpy()
+        out = np.stack([scipy.linalg.solve_continuous_lyapunov(a, scale * q)
+                        for a, q in zip(flat_h, flat_d, strict=True)])
+        out = 0.5 * (out + np.swapaxes(out, -1, -2))
+        return torch.as_tensor(out, device=device, dtype=dtype).reshape(hb.shape)
+    raise ValueError(f"method={method!r}: use 'eigen' or 'scipy'")
+
+
+def gaussian_feature_fourth_moment(jacobians, *, device=None, dtype=None) -> torch.Tensor:
+    """``M`` with ``M(S) = E[G S G]``, ``G = J_z^T J_z``, ``J_z = sum_n z_n J_n``, ``z ~ N(0, I)``.
+
+    Isserlis' theorem gives ``M(S) = H S H + sum_nm A_nm S A_nm + sum_nm A_nm S A_mn`` with
+    ``A_nm = J_n^T J_m`` and ``H = sum_n A_nn`` (Eqs. ln-isserlis, ln-discrete). ``jacobians``
+    has shape ``(n_inputs, n_outputs, d)``; returns the ``(d, d, d, d)`` tensor ``M[i, j, p, q]``
+    acting as ``M(S)_ij = sum_pq M[i, j, p, q] S_pq``. A linear model ``w^T x`` with
+    ``x = L z`` has ``J_n = L[:, n]^T`` and ``M(S) = 2 H S H + tr(H S) H`` (Eq. ln-online-noise).
+    """
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    j = as_tensor(jacobians, "jacobians", device=device, dtype=dtype)
+    if j.dim() != 3:
+        raise ValueError(f"jacobians has shape {tuple(j.shape)}, expected (n_inputs, n_outputs, d)")
+    a = torch.einsum("nki,mkj->nmij", j, j)  # A_nm = J_n^T J_m
+    h = torch.einsum("nnij->ij", a)
+    return (torch.einsum("ip,qj->ijpq", h, h) + torch.einsum("nmip,nmqj->ijpq", a, a)
+            + torch.einsum("nmip,mnqj->ijpq", a, a))
+
+
+def online_fourth_moment(input_covariance, *, device=None, dtype=None) -> torch.Tensor:
+    """``M(S) = E[x x^T S x x^T] = 2 Sigma S Sigma + tr(Sigma S) Sigma`` (Eq. ln-isserlis)."""
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    sigma = check_covariance(as_tensor(input_covariance, "input_covariance", device=device,
+                                       dtype=dtype), "input_covariance")
+    root = torch.linalg.cholesky(sigma)
+    return gaussian_feature_fourth_moment(root.T[:, None, :], device=device, dtype=dtype)
+
+
+def empirical_fourth_moment(inputs, *, device=None, dtype=None) -> torch.Tensor:
+    """``M(S) = (1/P) sum_mu x_mu x_mu^T S x_mu x_mu^T`` as an (N, N, N, N) tensor.
+
+    Eq. (ln-finite-exact).
+    """
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    x = as_tensor(inputs, "inputs", device=device, dtype=dtype)
+    if x.dim() != 2:
+        raise ValueError(f"inputs has shape {tuple(x.shape)}, expected (P, N)")
+    return torch.einsum("ui,up,uq,uj->ijpq", x, x, x, x) / x.shape[0]
+
+
+def stationary_covariance(hessian, noise, eta: float, batch_size: int = 1, *,
+                          order: str = "continuum", fourth_moment=None, factor: float = 1.0,
+                          device=None, dtype=None) -> torch.Tensor:
+    """Stationary second moment ``S`` of SGD near a minimum of a quadratic loss.
+
+    ``D`` is the noise covariance at the minimum normalised as in :func:`empirical_noise_covariance`
+    (minibatch covariance ``D / B``, sampling factor included), ``c = factor`` the sampling factor
+    (:func:`sampling_factor`; 1 online or with replacement) and ``M`` the fourth-moment operator,
+    ``M(S) = E[G S G]`` (:func:`gaussian_feature_fourth_moment`, :func:`empirical_fourth_moment`):
+
+    * ``order="continuum"``: ``H S + S H = (eta/B) D`` (Eq. ln-lyapunov);
+    * ``order="next_order"``: ``H S + S H = (eta/B) [c (M(S) - H S H) + D]`` (Eq. ln-next-order);
+    * ``order="discrete"``: ``H S + S H - eta H S H = (eta/B) [c (M(S) - H S H) + D]``, the exact
+      fixed point of the second-moment recursion of SGD (Eq. ln-discrete).
+
+    ``H`` may be singular (positive semi-definite): the equations are solved on its range, and the
+    null-space block, which these equations leave undetermined, is returned as zero.
+    """
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    if order not in ORDERS:
+        raise ValueError(f"order={order!r}: use one of {ORDERS}")
+    h = check_covariance(as_tensor(hessian, "hessian", device=device, dtype=dtype), "hessian",
+                         strict=False)
+    if h.dim() != 2:
+        raise ValueError(f"hessian has shape {tuple(h.shape)}; stationary_covariance takes one "
+                         "matrix (use solve_lyapunov for batches)")
+    d = as_tensor(noise, "noise", device=device, dtype=dtype)
+    check_shape(d, tuple(h.shape), "noise")
+    check_covariance(d, "noise", strict=False)
+    scale = check_positive(eta, "eta") / check_count(batch_size, "batch_size")
+    factor = check_positive(factor, "factor", allow_zero=True)
+    lam, vec = torch.linalg.eigh(h)
+    keep = lam > 1e3 * torch.finfo(dtype).eps * lam.abs().max().clamp_min(1e-300)
+    basis = vec[:, keep]
+    lam_r = lam[keep]
+    d_r = basis.T @ d @ basis
+    if order == "continuum":
+        s_r = scale * d_r / (lam_r[:, None] + lam_r[None, :])
+        return basis @ s_r @ basis.T
+    if fourth_moment is None:
+        raise ValueError(f"order={order!r} needs fourth_moment (the operator M of the docstring)")
+    n = h.shape[-1]
+    m = check_shape(as_tensor(fourth_moment, "fourth_moment", device=device, dtype=dtype),
+                    (n, n, n, n), "fourth_moment")
+    m_r = torch.einsum("ia,jb,ijpq,pc,qd->abcd", basis, basis, m, basis, basis)
+    r = basis.shape[1]
+    eye = torch.eye(r, device=device, dtype=dtype)
+    h_r = torch.diag(lam_r)
+    hh = torch.einsum("ac,db->abcd", h_r, h_r)  # (H S H)_ab
+    lin = torch.einsum("ac,bd->abcd", h_r, eye) + torch.einsum("ac,bd->abcd", eye, h_r)
+    if order == "discrete":
+        lin = lin - eta * hh
+    operator = lin - scale * factor * (m_r - hh)
+    s_r = torch.linalg.solve(operator.reshape(r * r, r * r), scale * d_r.reshape(r * r))
+    s_r = s_r.reshape(r, r)
+    s_r = 0.5 * (s_r + s_r.T)
+    return basis @ s_r @ basis.T
+
+
+def probability_current_matrix(hessian, noise, covariance, eta: float = 1.0,
+                               batch_size: int = 1, *, device=None, dtype=None) -> torch.Tensor:
+    """``Omega = -H + (eta/2B) D S^{-1}``: the stationary current is ``J(v) = Omega v p(v)``.
+
+    Eq. (ln-current): ``Omega = 0`` (detailed balance) exactly when ``[H, D] = 0``.
+    """
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    h = check_covariance(as_tensor(hessian, "hessian", device=device, dtype=dtype), "hessian")
+    d = check_covariance(as_tensor(noise, "noise", device=device, dtype=dtype), "noise",
+                         strict=False)
+    s = check_covariance(as_tensor(covariance, "covariance", device=device, dtype=dtype),
+                         "covariance")
+    scale = check_positive(eta, "eta") / check_count(batch_size, "batch_size")
+    return -h + 0.5 * scale * torch.linalg.solve(s, d.transpose(-1, -2)).transpose(-1, -2)
+
+
+def probability_current(points, hessian, noise, covariance, eta: float = 1.0,
+                        batch_size: int = 1, *, device=None, dtype=None) -> torch.Tensor:
+    """The stationary probability current ``J(v) = Omega v p(v)`` at ``points`` ``(..., N)``.
+
+    ``p`` is the centred Gaussian with covariance ``covariance`` (Eq. ln-current).
+    """
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    omega = probability_current_matrix(hessian, noise, covariance, eta, batch_size, device=device,
+                                       dtype=dtype)
+    s = as_tensor(covariance, "covariance", device=device, dtype=dtype)
+    v = check_shape(as_tensor(points, "points", device=device, dtype=dtype), (s.shape[-1],),
+                    "points")
+    density = torch.distributions.MultivariateNormal(torch.zeros_like(s[0]), covariance_matrix=s)
+    return (v @ omega.T) * density.log_prob(v).exp()[..., None]
+
+
+# --------------------------------------------------------------------------------------------------
+# Ensemble SGD with running moments
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StationaryMoments:
+    """Per-replica time averages over the measurement window of a long SGD run.
+
+    ``second_moment[r]`` is the average of ``delta delta^T`` and ``mean[r]`` that of ``delta``,
+    where ``delta`` is the flattened distance of replica ``r`` from the reference point (the
+    minimum). Memory is ``O(R d^2)`` (plus a buffer of ``noise_chunk`` steps) whatever the number
+    of steps. ``records`` holds what the optional ``observe`` callback returned at the steps
+    ``steps`` of the measurement window.
+    """
+
+    second_moment: torch.Tensor
+    mean: torch.Tensor
+    n_steps: int
+    diverged: torch.Tensor
+    state: object
+    steps: np.ndarray
+    records: dict
+
+    def covariance_estimate(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Replica mean of the second moments and its standard error (surviving replicas only)."""
+        return replica_mean_and_error(self.second_moment[~self.diverged])
+
+
+def _accumulating_run(update, state, reference, n_steps, burn_in, noise, noise_chunk, generator,
+                      observe=None, record=None) -> StationaryMoments:
+    """Burn in, then run ``n_steps`` more while summing ``delta`` and ``delta delta^T`` in place."""
+    check_count(n_steps, "n_steps")
+    check_count(burn_in, "burn_in", minimum=0)
+    if burn_in:
+        state = run_ensemble(update, state, burn_in, record=[burn_in], observe=lambda s: {},
+                             noise=noise, noise_chunk=noise_chunk, check_every=64,
+                             generator=generator).state
+    first = state[0] if isinstance(state, tuple) else state
+    n_replicas = first.shape[0]
+
+    def flat(s):
+        parts = s if isinstance(s, tuple) else (s,)
+        return torch.cat([p.reshape(n_replicas, -1) for p in parts], 1) - reference
+
+    delta = flat(state)
+    total = torch.zeros_like(delta)
+    total_outer = torch.zeros(n_replicas, delta.shape[1], delta.shape[1], dtype=delta.dtype,
+                              device=delta.device)
+    buffer = torch.empty(noise_chunk, *delta.shape, dtype=delta.dtype, device=delta.device)
+    filled = [0]
+
+    def flush():
+        block = buffer[:filled[0]]
+        total.add_(block.sum(0))
+        total_outer.add_(torch.einsum("krd,kre->rde", block, block))
+        filled[0] = 0
+
+    def step(s, drawn):
+        new = update(s, drawn)
+        buffer[filled[0]] = flat(new)
+        filled[0] += 1
+        if filled[0] == noise_chunk:
+            flush()
+        return new
+
+    result = run_ensemble(step, state, n_steps,
+                          record=[n_steps] if record is None else record,
+                          observe=observe or (lambda s: {}), noise=noise, noise_chunk=noise_chunk,
+                          check_every=64, generator=generator)
+    flush()
+    return StationaryMoments(second_moment=total_outer / n_steps, mean=total / n_steps,
+                             n_steps=n_steps, diverged=result.diverged, state=result.state,
+                             steps=result.steps, records=result.records)
+
+
+def online_single_layer_sgd(input_covariance, label_noise_variance: float, eta: float,
+                            batch_size: int, n_replicas: int, n_steps: int, burn_in: int, *,
+                            generator=None, noise_chunk: int = 128, device=None,
+                            dtype=None) -> StationaryMoments:
+    """R replicas of online SGD on ``w^T x`` (fresh samples every step), discrete form of (ln-sde).
+
+    The teacher drops out of the dynamics of ``v = w - w*``: replicas start at ``v = 0``, run
+    ``burn_in`` steps, then accumulate the moments of ``v`` over ``n_steps`` steps.
+    """
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    sigma = check_covariance(as_tensor(input_covariance, "input_covariance", device=device,
+                                       dtype=dtype), "input_covariance")
+    noise_std = math.sqrt(check_positive(label_noise_variance, "label_noise_variance",
+                                         allow_zero=True))
+    eta = check_positive(eta, "eta")
+    batch = check_count(batch_size, "batch_size")
+    replicas = check_count(n_replicas, "n_replicas", minimum=2)
+    n = sigma.shape[-1]
+    root = torch.linalg.cholesky(sigma)
+    generator = make_generator(device=device) if generator is None else generator
+
+    def draw(k, gen):
+        z = _standard_normal((k, replicas, batch, n + 1), gen, device, dtype)
+        return torch.cat([z[..., :n] @ root.T, noise_std * z[..., n:]], -1)
+
+    def update(v, drawn):
+        x, eps = drawn[..., :n], drawn[..., n]
+        residual = (x @ v[:, :, None])[..., 0] - eps  # (R, B)
+        return v - (eta / batch) * (residual[:, None, :] @ x)[:, 0, :]
+
+    v0 = torch.zeros(replicas, n, device=device, dtype=dtype)
+    return _accumulating_run(update, v0, torch.zeros(n, device=device, dtype=dtype), n_steps,
+                             burn_in, draw, check_count(noise_chunk, "noise_chunk"), generator)
+
+
+def finite_data_single_layer_sgd(inputs, labels, eta: float, batch_size: int, n_replicas: int,
+                                 n_steps: int, burn_in: int, *, replacement: bool = True,
+                                 generator=None, noise_chunk: int = 128, device=None,
+                                 dtype=None) -> StationaryMoments:
+    """R replicas of minibatch SGD on a fixed data set (Eq. ln-finite-noise), about ``w_LS``.
+
+    Minibatches are drawn independently at each step, with or without replacement within a batch.
+    """
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    x, y = _data(inputs, labels, device, dtype)
+    w_min, residuals = least_squares_minimum(x, y, device=device, dtype=dtype)
+    eta = check_positive(eta, "eta")
+    batch = check_count(batch_size, "batch_size")
+    replicas = check_count(n_replicas, "n_replicas", minimum=2)
+    n_samples = x.shape[0]
+    sampling_factor(n_samples, batch, replacement)
+    generator = make_generator(device=device) if generator is None else generator
+
+    def draw(k, gen):
+        if replacement:
+            return torch.randint(n_samples, (k, replicas, batch), generator=gen, device=device)
+        keys = torch.rand(k, replicas, n_samples, generator=gen, device=device)
+        return keys.argsort(-1)[..., :batch]
+
+    def update(v, index):
+        xb, rb = x[index], residuals[index]  # (R, B, N), (R, B)
+        residual = (xb @ v[:, :, None])[..., 0] - rb
+        return v - (eta / batch) * (residual[:, None, :] @ xb)[:, 0, :]
+
+    v0 = torch.zeros(replicas, x.shape[1], device=device, dtype=dtype)
+    moments = _accumulating_run(update, v0, torch.zeros_like(w_min), n_steps, burn_in,
+                                draw, check_count(noise_chunk, "noise_chunk"), generator)
+    moments.state = moments.state + w_min
+    return moments
+
+
+def two_layer_sgd(w1, w2, teacher, label_noise_variance: float, eta: float, batch_size: int,
+                  n_replicas: int, n_steps: int, burn_in: int, *, input_covariance=None,
+                  observe: Callable | None = None, record=None, generator=None,
+                  noise_chunk: int = 128, device=None, dtype=None) -> StationaryMoments:
+    """R replicas of online SGD on ``f = W2 W1 x`` started at ``(w1, w2)``, Eq. (ln-two-layer-sgd).
+
+    Moments are of the flattened ``[W1 - w1, W2 - w2]``. ``observe(state)`` (a dict of small
+    per-replica tensors) is recorded at the steps ``record`` of the measurement window.
+    """
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    w1 = as_tensor(w1, "w1", device=device, dtype=dtype)
+    w2 = as_tensor(w2, "w2", device=device, dtype=dtype)
+    teacher = as_tensor(teacher, "teacher", device=device, dtype=dtype)
+    if w1.dim() != 2 or w2.dim() != 2 or w2.shape[1] != w1.shape[0]:
+        raise ValueError(f"w1 {tuple(w1.shape)} and w2 {tuple(w2.shape)} must be (M, N) and (K, M)")
+    k_out, n = w2.shape[0], w1.shape[1]
+    check_shape(teacher, (k_out, n), "teacher")
+    sigma = _input_covariance(input_covariance, n, device, dtype)
+    root = torch.linalg.cholesky(sigma)
+    noise_std = math.sqrt(check_positive(label_noise_variance, "label_noise_variance",
+                                         allow_zero=True))
+    eta = check_positive(eta, "eta")
+    batch = check_count(batch_size, "batch_size")
+    replicas = check_count(n_replicas, "n_replicas", minimum=2)
+    generator = make_generator(device=device) if generator is None else generator
+
+    def draw(k, gen):
+        z = _standard_normal((k, replicas, batch, n + k_out), gen, device, dtype)
+        return torch.cat([z[..., :n] @ root.T, noise_std * z[..., n:]], -1)
+
+    def update(state, drawn):
+        a1, a2 = state
+        x, eps = drawn[..., :n], drawn[..., n:]
+        hidden = x @ a1.transpose(1, 2)  # (R, B, M)
+        error = hidden @ a2.transpose(1, 2) - x @ teacher.T - eps  # (R, B, K)
+        grad2 = error.transpose(1, 2) @ hidden / batch  # (R, K, M)
+        grad1 = a2.transpose(1, 2) @ error.transpose(1, 2) @ x / batch  # (R, M, N)
+        return a1 - eta * grad1, a2 - eta * grad2
+
+    start = (w1.expand(replicas, *w1.shape).clone(), w2.expand(replicas, *w2.shape).clone())
+    reference = torch.cat([w1.flatten(), w2.flatten()])
+    return _accumulating_run(update, start, reference, n_steps, burn_in, draw,
+                             check_count(noise_chunk, "noise_chunk"), generator, observe=observe,
+                             record=record)
+
+
+# --------------------------------------------------------------------------------------------------
+# Two layers: balanced minimum, projector covariance, per-mode variances
+# --------------------------------------------------------------------------------------------------
+
+
+def balanced_minimum(teacher, input_covariance=None, *, device=None, dtype=None):
+    """The zero-balanced minimum ``W2 = U s^1/2``, ``W1 = s^1/2 V^T Sigma^-1/2`` (Eq. ln-balanced).
+
+    ``teacher Sigma^{1/2} = U diag(s) V^T`` (hidden width ``M = min(K, N)``, rotation ``R = I``).
+    Returns ``(w1, w2, s, U, V)``.
+    """
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    w_star = as_tensor(teacher, "teacher", device=device, dtype=dtype)
+    if w_star.dim() != 2:
+        raise ValueError(f"teacher has shape {tuple(w_star.shape)}, expected (K, N)")
+    sigma = _input_covariance(input_covariance, w_star.shape[1], device, dtype)
+    lam, vec = torch.linalg.eigh(sigma)
+    root = vec @ torch.diag(lam.sqrt()) @ vec.T
+    inverse_root = vec @ torch.diag(lam.rsqrt()) @ vec.T
+    u, s, vt = torch.linalg.svd(w_star @ root, full_matrices=False)
+    w2 = u * s.sqrt()
+    w1 = s.sqrt()[:, None] * vt @ inverse_root
+    return w1, w2, s, u, vt.T
+
+
+def two_layer_jacobians(w1, w2, input_covariance=None, *, device=None, dtype=None) -> torch.Tensor:
+    """``J_n`` of ``f = W2 W1 x`` with ``x = L z``: shape ``(N, K, d)``, ``d = MN + KM``.
+
+    ``J_z v = (dW2 W1 + W2 dW1) L z = sum_n z_n J_n v``; the Hessian of the online loss at a
+    realizable minimum is ``H = sum_n J_n^T J_n`` (Eq. ln-two-layer-hessian).
+    """
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    w1 = as_tensor(w1, "w1", device=device, dtype=dtype)
+    w2 = as_tensor(w2, "w2", device=device, dtype=dtype)
+    if w1.dim() != 2 or w2.dim() != 2 or w2.shape[1] != w1.shape[0]:
+        raise ValueError(f"w1 {tuple(w1.shape)} and w2 {tuple(w2.shape)} must be (M, N) and (K, M)")
+    (m, n), k = w1.shape, w2.shape[0]
+    root = torch.linalg.cholesky(_input_covariance(input_covariance, n, device, dtype))
+    eye_k = torch.eye(k, device=device, dtype=dtype)
+    w1l = w1 @ root  # (M, N)
+    # d f_kn / d W1[a, b] = W2[k, a] L[b, n];  d f_kn / d W2[c, a] = delta_kc (W1 L)[a, n]
+    d_w1 = torch.einsum("ka,bn->nkab", w2, root).reshape(n, k, m * n)
+    d_w2 = torch.einsum("kc,an->nkca", eye_k, w1l).reshape(n, k, k * m)
+    return torch.cat([d_w1, d_w2], -1)
+
+
+def second_layer_modes(u, n_inputs: int) -> torch.Tensor:
+    """Flattened parameter vectors of the second-layer modes ``u_i e_a^T`` (first-layer part zero).
+
+    ``u`` is the ``(K, M)`` matrix of left singular vectors from :func:`balanced_minimum` (rotation
+    ``R = I``, so ``r_a = e_a``); returns a ``(M * M, M * n_inputs + K * M)`` tensor whose row
+    ``i * M + a`` is the mode ``(i, a)`` of Eq. (ln-mode-variance).
+    """
+    k, m = u.shape
+    eye = torch.eye(m, device=u.device, dtype=u.dtype)
+    w2_part = torch.einsum("ki,ab->iakb", u, eye).reshape(m * m, k * m)
+    n = check_count(n_inputs, "n_inputs")
+    first = torch.zeros(m * m, m * n, device=u.device, dtype=u.dtype)
+    return torch.cat([first, w2_part], 1)
+
+
+def range_projector(jacobians) -> torch.Tensor:
+    """``H^+ H = J^T (J J^T)^+ J``: the orthogonal projector on the range of ``H = J^T J``."""
+    j = jacobians.reshape(-1, jacobians.shape[-1])
+    return j.T @ torch.linalg.pinv(j @ j.T, hermitian=True) @ j
+
+
+def two_layer_range_covariance(w1, w2, label_noise_variance: float, eta: float,
+                               batch_size: int = 1, *, input_covariance=None, device=None,
+                               dtype=None) -> torch.Tensor:
+    """``S = (eta sigma^2 / 2B) H^+ H`` at a realizable minimum, Eq. (ln-projector)."""
+    jac = two_layer_jacobians(w1, w2, input_covariance, device=device, dtype=dtype)
+    scale = check_positive(eta, "eta")
+    scale *= check_positive(label_noise_variance, "label_noise_variance")
+    return scale / (2 * check_count(batch_size, "batch_size")) * range_projector(jac)
+
+
+def second_layer_mode_variances(singular_values, label_noise_variance: float, eta: float,
+                                batch_size: int = 1, *, device=None, dtype=None):
+    """Variance and curvature of the second-layer mode ``u_i r_a^T`` at the balanced minimum.
+
+    Eq. (ln-mode-variance): ``Var_ia = (eta sigma^2/2B) s_a / (s_i + s_a)`` and ``kappa_ia = s_a``.
+    Returns two ``(K, M)`` tensors (here ``K = M``).
+    """
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    s = as_tensor(singular_values, "singular_values", device=device, dtype=dtype)
+    if s.dim() != 1 or not bool((s > 0).all()):
+        raise ValueError(f"singular_values must be a vector of positive numbers, got {s.tolist()}")
+    scale = check_positive(eta, "eta")
+    scale *= check_positive(label_noise_variance, "label_noise_variance")
+    scale /= 2 * check_count(batch_size, "batch_size")
+    variance = scale * s[None, :] / (s[:, None] + s[None, :])
+    return variance, s[None, :].expand_as(variance).clone()
+
+
+def q_matrix(w1, w2) -> torch.Tensor:
+    """``Q = W1 W1^T - W2^T W2`` (Eq. ln-q-identity), batched over leading axes."""
+    return w1 @ w1.transpose(-1, -2) - w2.transpose(-1, -2) @ w2
+
+
+# --------------------------------------------------------------------------------------------------
+# Feng and Tu's measurements
+# --------------------------------------------------------------------------------------------------
+
+
+def pca_variances(covariance, *, device=None, dtype=None):
+    """Principal variances (descending) and directions (columns) of a covariance.
+
+    The PCA step of Feng and Tu's measurement (Eq. ln-flatness).
+    """
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    c = check_covariance(as_tensor(covariance, "covariance", device=device, dtype=dtype),
+                         "covariance", strict=False)
+    lam, vec = torch.linalg.eigh(c)
+    return lam.flip(-1), vec.flip(-1)
+
+
+def loss_profile_width(loss: Callable, center, directions, threshold: float, *,
+                       max_width: float = 1e3, iterations: int = 80, device=None,
+                       dtype=None) -> torch.Tensor:
+    """Feng and Tu's flatness: the width of ``L(center + delta p) - L(center) <= threshold``.
+
+    ``directions`` holds unit vectors as columns ``(d, n)``; ``loss`` maps a batch ``(b, d)`` of
+    parameter vectors to ``(b,)``. The two crossings ``delta_-, delta_+`` are found by bisection in
+    ``[0, max_width]`` (all directions at once) and ``F = delta_+ + delta_-`` (Eq. ln-flatness).
+    A quadratic profile of curvature ``h`` gives ``F = 2 sqrt(2 threshold / h)``.
+    """
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    c = as_tensor(center, "center", device=device, dtype=dtype)
+    p = as_tensor(directions, "directions", device=device, dtype=dtype)
+    check_shape(p, (c.shape[-1], None), "directions")
+    level = check_positive(threshold, "threshold")
+    base = loss(c[None, :])[0]
+    widths = []
+    for sign in (1.0, -1.0):
+        lo = torch.zeros(p.shape[1], device=device, dtype=dtype)
+        hi = torch.full_like(lo, check_positive(max_width, "max_width"))
+        for _ in range(check_count(iterations, "iterations")):
+            mid = 0.5 * (lo + hi)
+            above = loss(c[None, :] + sign * mid[:, None] * p.T) - base > level
+            hi, lo = torch.where(above, mid, hi), torch.where(above, lo, mid)
+        widths.append(0.5 * (lo + hi))
+    return widths[0] + widths[1]
+
+
+def _standard_normal(shape, generator, device, dtype):
+    """Standard normals in ``dtype``; on the CPU drawn in float32 and promoted (4x faster).
+
+    The float32 quantisation (relative 6e-8) is far below any Monte Carlo error of the chapter.
+    """
+    if device.type == "cpu":
+        return torch.randn(shape, generator=generator, device=device, dtype=torch.float32).to(dtype)
+    return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+
+
+def _data(inputs, labels, device, dtype):
+    x = as_tensor(inputs, "inputs", device=device, dtype=dtype)
+    y = as_tensor(labels, "labels", device=device, dtype=dtype)
+    if x.dim() != 2:
+        raise ValueError(f"inputs has shape {tuple(x.shape)}, expected (P, N)")
+    if y.shape != (x.shape[0],):
+        raise ValueError(f"labels has shape {tuple(y.shape)}, expected ({x.shape[0]},) "
+                         "to match inputs")
+    return x, y
+
+
+def _input_covariance(input_covariance, n, device, dtype):
+    if input_covariance is None:
+        return torch.eye(n, device=device, dtype=dtype)
+    sigma = as_tensor(input_covariance, "input_covariance", device=device, dtype=dtype)
+    check_shape(sigma, (n, n), "input_covariance")
+    return check_covariance(sigma, "input_covariance")
+
+
+__all__ = [
+    "ORDERS", "StationaryMoments", "balanced_minimum", "empirical_fourth_moment",
+    "empirical_noise_covariance", "finite_data_single_layer_sgd", "gaussian_feature_fourth_moment",
+    "least_squares_minimum", "loss_profile_width", "online_fourth_moment",
+    "online_noise_covariance", "online_single_layer_sgd", "pca_variances", "probability_current",
+    "probability_current_matrix", "q_matrix", "range_projector", "sampling_factor",
+    "second_layer_mode_variances", "second_layer_modes", "solve_lyapunov", "stationary_covariance",
+    "two_layer_jacobians", "two_layer_range_covariance", "two_layer_sgd",
+]

@@ -1,0 +1,605 @@
+"""The Neural Dynamical Kernel (chapter 5): NTK and NNGP as two limits of one Langevin dynamics.
+
+Wide fully connected networks ``f(x) = a . x_L / sqrt(N_L)``, ``x_l = phi(W_l x_{l-1} / sqrt(N_{l-1}))``
+trained by Langevin dynamics on ``E = 1/2 sum_mu (f_mu - y_mu)^2 + T/(2 sigma^2) |Theta|^2`` with noise
+of temperature ``T`` from ``Theta(0) ~ N(0, sigma_0^2)``. Equation labels refer to chapter 5:
+
+* ``prior_correlation``: C(t, t') of the weights under the prior (Ornstein-Uhlenbeck) process,
+  {eq}`ndk-prior-correlation`;
+* ``two_time_kernels`` / ``kernels_from_gram``: the two-time NNGP kernel K^L, the derivative kernel
+  Kdot^L and the NDK K_d^L by the layer recursion {eq}`ndk-layer-map`, {eq}`ndk-recursion`, for
+  linear, ReLU and erf activations at any depth;
+* ``static_kernels``: the ordinary NNGP and NTK kernels (the special cases C = sigma^2 and t = t' = 0);
+* ``solve_volterra``: the mean-predictor equations {eq}`ndk-volterra-train`, {eq}`ndk-volterra-test`;
+  ``symmetric_task_kernels`` gives their scalar reduction for the synthetic task {eq}`ndk-scalar`;
+* ``ntk_predictor`` {eq}`ndk-ntk-solution` and ``nngp_equilibrium`` {eq}`ndk-nngp-equilibrium`;
+* ``init_networks`` / ``simulate_langevin``: ensembles of finite-width networks trained by Langevin
+  dynamics, one batched operation per step, with the frozen-readout (drift) protocol.
+
+All kernels are elementwise in their (broadcast) arguments, so they batch over input pairs and time
+pairs at once; they compute in float64 unless asked otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .backend import (
+    as_tensor,
+    check_count,
+    check_positive,
+    make_generator,
+    resolve_device,
+    resolve_dtype,
+)
+from .ensemble import run_ensemble
+
+ACTIVATIONS = ("linear", "relu", "erf")
+_TWO_PI = 2.0 * math.pi
+
+
+def _check_activation(activation: str) -> str:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation={activation!r} must be one of {ACTIVATIONS}")
+    return activation
+
+
+def _check_variances(temperature, prior_variance, init_variance):
+    return (check_positive(temperature, "temperature", allow_zero=True),
+            check_positive(prior_variance, "prior_variance"),
+            check_positive(init_variance, "init_variance"))
+
+
+def prior_correlation(t1, t2, *, temperature: float, prior_variance: float, init_variance: float,
+                      device=None, dtype=None) -> torch.Tensor:
+    """C(t, t') = sigma^2 e^{-k|t - t'|} + (sigma_0^2 - sigma^2) e^{-k (t + t')}, k = T / sigma^2.
+
+    The correlation of one weight under the prior Ornstein-Uhlenbeck process, chapter 5 Eq.
+    {eq}`ndk-prior-correlation`. ``t1`` and ``t2`` (non-negative times) broadcast against each other.
+    """
+    temperature, prior_variance, init_variance = _check_variances(temperature, prior_variance,
+                                                                  init_variance)
+    t1, t2 = _times(t1, "t1", device, dtype), _times(t2, "t2", device, dtype)
+    k = temperature / prior_variance
+    return (prior_variance * torch.exp(-k * (t1 - t2).abs())
+            + (init_variance - prior_variance) * torch.exp(-k * (t1 + t2)))
+
+
+def _times(value, name, device, dtype) -> torch.Tensor:
+    times = as_tensor(value, name, device=device, dtype=dtype)
+    if (times < 0).any() or not torch.isfinite(times).all():
+        raise ValueError(f"{name} must hold finite times >= 0, got min {times.min().item():.4g}")
+    return times
+
+
+def gaussian_maps(activation: str, q1: torch.Tensor, q2: torch.Tensor, c: torch.Tensor):
+    """(E[phi(u) phi(v)], E[phi'(u) phi'(v)]) for centred Gaussians of variances q1, q2, covariance c.
+
+    Chapter 5 Eqs. {eq}`ndk-relu-maps`, {eq}`ndk-erf-maps` (linear: (c, 1)). Elementwise; the
+    arguments broadcast. The second map is the derivative of the first in c (Price's theorem).
+    """
+    _check_activation(activation)
+    if activation == "linear":
+        return c, torch.ones_like(c)
+    if activation == "relu":
+        norm = torch.sqrt(q1 * q2)
+        cosine = (c / norm.clamp_min(torch.finfo(c.dtype).tiny)).clamp_(-1.0, 1.0)
+        angle_left = math.pi - torch.arccos(cosine)   # pi - theta
+        sine = torch.sqrt((1.0 - cosine * cosine).clamp_min_(0.0))
+        value = norm * (sine + angle_left * cosine) / _TWO_PI
+        return value, angle_left / _TWO_PI
+    det = (1.0 + 2.0 * q1) * (1.0 + 2.0 * q2)
+    value = (2.0 / math.pi) * torch.arcsin((2.0 * c / torch.sqrt(det)).clamp(-1.0, 1.0))
+    return value, (4.0 / math.pi) / torch.sqrt((det - 4.0 * c * c).clamp_min(0.0))
+
+
+def _self_map(activation: str, q: torch.Tensor) -> torch.Tensor:
+    """E[phi(u)^2] for u ~ N(0, q)."""
+    if activation == "linear":
+        return q
+    if activation == "relu":
+        return 0.5 * q
+    return (2.0 / math.pi) * torch.arcsin(2.0 * q / (1.0 + 2.0 * q))
+
+
+@dataclass
+class Kernels:
+    """Two-time kernels at the last layer: ``nngp`` K^L, ``derivative`` Kdot^L, ``ndk`` K_d^L, and the
+    prior output covariance ``output_covariance`` = C(t, t') K^L = <f(x, t) f(x', t')>_0."""
+
+    nngp: torch.Tensor
+    derivative: torch.Tensor
+    ndk: torch.Tensor
+    output_covariance: torch.Tensor
+
+
+def kernels_from_gram(gram, self1, self2, correlation, variance1, variance2, propagator, *,
+                      activation: str = "relu", depth: int = 1) -> Kernels:
+    """The layer recursion of chapter 5, Eqs. {eq}`ndk-layer-map` and {eq}`ndk-recursion`.
+
+    Arguments are tensors that broadcast: ``gram`` = x.x'/N_0, ``self1`` = x.x/N_0, ``self2`` =
+    x'.x'/N_0, ``correlation`` = C(t, t'), ``variance1`` = C(t, t), ``variance2`` = C(t', t'),
+    ``propagator`` = e^{-T|t - t'|/sigma^2}. ``depth`` = L hidden layers. Cost: O(L) elementwise
+    passes over the broadcast shape. No input checks here (see :func:`two_time_kernels`).
+    """
+    _check_activation(activation)
+    check_count(depth, "depth")
+    previous, ndk = gram, propagator * gram
+    for _ in range(depth):
+        q1, q2 = variance1 * self1, variance2 * self2
+        value, derivative = gaussian_maps(activation, q1, q2, correlation * previous)
+        self1, self2 = _self_map(activation, q1), _self_map(activation, q2)
+        ndk = propagator * value + correlation * derivative * ndk
+        previous = value
+    return Kernels(previous, derivative, ndk, correlation * previous)
+
+
+def _inputs(x, name, device, dtype):
+    """Inputs as an (n, N_0) tensor; NaN/inf are caught on the squared norms (one cheap pass)."""
+    try:
+        x = torch.as_tensor(x, device=device, dtype=dtype)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"{name}={x!r} cannot be read as a tensor of numbers") from exc
+    if x.dim() != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{name} has shape {tuple(x.shape)}, expected a non-empty (n, N_0) matrix")
+    if not bool(torch.isfinite(torch.linalg.vector_norm(x, dim=1)).all()):
+        raise ValueError(f"{name} contains NaN or inf values")
+    return x
+
+
+def input_gram(x1, x2):
+    """(x1 x2^T / N_0, |x1|^2 / N_0, |x2|^2 / N_0): the layer-0 kernels of the recursion."""
+    dim = x1.shape[1]
+    if x2.shape[1] != dim:
+        raise ValueError(f"x1 has {dim} features but x2 has {x2.shape[1]}")
+    self1 = torch.linalg.vector_norm(x1, dim=1).square_().div_(dim)
+    self2 = self1 if x2 is x1 else torch.linalg.vector_norm(x2, dim=1).square_().div_(dim)
+    return (x1 @ x2.T).div_(dim), self1, self2
+
+
+def two_time_kernels(x1, x2, t1, t2, *, activation: str = "relu", depth: int = 1,
+                     temperature: float, prior_variance: float, init_variance: float,
+                     device=None, dtype=None) -> Kernels:
+    """K^L(t, t', x, x'), Kdot^L and the NDK K_d(t, t', x, x') for inputs ``x1`` (n1, N_0), ``x2``
+    (n2, N_0) and times ``t1``, ``t2`` that broadcast to a shape S; results have shape S + (n1, n2).
+
+    Chapter 5 Eqs. {eq}`ndk-prior-correlation`, {eq}`ndk-layer-map`, {eq}`ndk-recursion`.
+    """
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    x1, x2 = _inputs(x1, "x1", device, dtype), _inputs(x2, "x2", device, dtype)
+    params = dict(temperature=temperature, prior_variance=prior_variance,
+                  init_variance=init_variance, device=device, dtype=dtype)
+    t1, t2 = _times(t1, "t1", device, dtype), _times(t2, "t2", device, dtype)
+    t1, t2 = torch.broadcast_tensors(t1, t2)
+    correlation = prior_correlation(t1, t2, **params)[..., None, None]
+    variance1 = prior_correlation(t1, t1, **params)[..., None, None]
+    variance2 = prior_correlation(t2, t2, **params)[..., None, None]
+    propagator = torch.exp(-temperature / prior_variance * (t1 - t2).abs())[..., None, None]
+    gram, self1, self2 = input_gram(x1, x2)
+    return kernels_from_gram(gram, self1[:, None], self2[None, :], correlation, variance1,
+                             variance2, propagator, activation=activation, depth=depth)
+
+
+def static_kernels(x1, x2, *, weight_variance: float, activation: str = "relu", depth: int = 1,
+                   device=None, dtype=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ordinary (NNGP, NTK) kernels of a network whose weights all have variance
+    ``weight_variance`` = w, shape (n1, n2).
+
+    NNGP: w K^L with C = w (chapter 5 Eq. {eq}`ndk-nngp-kernel`; w = sigma^2 gives K_GP). NTK: the NDK
+    at t = t' = 0 (Eq. {eq}`ndk-ntk-recursion`; w = sigma_0^2 gives K_NTK).
+    """
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    weight_variance = check_positive(weight_variance, "weight_variance")
+    x1, x2 = _inputs(x1, "x1", device, dtype), _inputs(x2, "x2", device, dtype)
+    _check_activation(activation)
+    check_count(depth, "depth")
+    gram, self1, self2 = input_gram(x1, x2)
+    return _static_recursion(gram, self1, self2, weight_variance, activation, depth)
+
+
+def _static_recursion(gram, self1, self2, w, activation, depth):
+    """In-place version of :func:`kernels_from_gram` with C = w, t = t' (no temporaries beyond two
+    (n1, n2) buffers per layer); equal to it up to rounding (tested)."""
+    value, ntk = gram, gram.clone()
+    for _ in range(depth):
+        q1, q2 = w * self1, w * self2
+        c = value.mul_(w)
+        if activation == "linear":
+            value, derivative = c, None
+        elif activation == "relu":
+            norm1, norm2 = q1.sqrt(), q2.sqrt()
+            tiny = torch.finfo(gram.dtype).tiny
+            cosine = c.div_(norm1.clamp_min(tiny)[:, None]).div_(norm2.clamp_min(tiny)[None, :])
+            cosine.clamp_(-1.0, 1.0)
+            derivative = torch.arccos(cosine).neg_().add_(math.pi)  # pi - theta
+            value = torch.mul(cosine, cosine).neg_().add_(1.0).sqrt_()  # |cosine| <= 1
+            value.addcmul_(derivative, cosine).mul_(norm1[:, None]).mul_(norm2[None, :] / _TWO_PI)
+            derivative.div_(_TWO_PI)
+        else:
+            scale1, scale2 = (1.0 + 2.0 * q1).rsqrt(), (1.0 + 2.0 * q2).rsqrt()
+            ratio = c.mul_(2.0).mul_(scale1[:, None]).mul_(scale2[None, :]).clamp_(-1.0, 1.0)
+            derivative = torch.mul(ratio, ratio).neg_().add_(1.0).clamp_min_(0.0).rsqrt_()
+            derivative.mul_(scale1[:, None]).mul_(scale2[None, :] * (4.0 / math.pi))
+            value = ratio.arcsin_().mul_(2.0 / math.pi)
+        if derivative is not None:
+            ntk.mul_(derivative)
+        ntk.mul_(w).add_(value)
+        self1, self2 = _self_map(activation, q1), _self_map(activation, q2)
+    return value.mul_(w), ntk
+
+
+def decorrelated_kernel(x1, x2, *, weight_variance: float, activation: str = "relu",
+                        depth: int = 1, device=None, dtype=None) -> torch.Tensor:
+    """K^L_mean(x, x') = E[phi(u)] E[phi(v)] with u, v independent, of variances w K^{L-1}_eq:
+    the limit of the two-time NNGP kernel when C(t, t') -> 0 (chapter 5 Eq. {eq}`ndk-drift-limit`).
+
+    It vanishes for odd activations; for ReLU it is sqrt(q q') / (2 pi) and keeps only input norms.
+    """
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    weight_variance = check_positive(weight_variance, "weight_variance")
+    x1, x2 = _inputs(x1, "x1", device, dtype), _inputs(x2, "x2", device, dtype)
+    _check_activation(activation)
+    check_count(depth, "depth")
+    _, self1, self2 = input_gram(x1, x2)
+    for _ in range(depth - 1):
+        self1 = _self_map(activation, weight_variance * self1)
+        self2 = _self_map(activation, weight_variance * self2)
+    if activation != "relu":
+        return torch.zeros(x1.shape[0], x2.shape[0], device=device, dtype=dtype)
+    mean1 = torch.sqrt(weight_variance * self1 / _TWO_PI)
+    mean2 = torch.sqrt(weight_variance * self2 / _TWO_PI)
+    return mean1[:, None] * mean2[None, :]
+
+
+# --------------------------------------------------------------------------------------------
+# The mean predictor: Volterra equations, their limits, and the symmetric synthetic task
+
+
+def trapezoid_weights(times: torch.Tensor) -> torch.Tensor:
+    """Node weights w_j = (t_{j+1} - t_{j-1}) / 2 (w_0 = (t_1 - t_0)/2) of the composite trapezoid
+    rule; the weight of the last node of int_0^{t_i} is (t_i - t_{i-1}) / 2 instead."""
+    gaps = torch.diff(times)
+    weights = torch.zeros_like(times)
+    weights[:-1] += gaps / 2
+    weights[1:] += gaps / 2
+    return weights
+
+
+def _check_grid(times, device, dtype):
+    times = as_tensor(times, "times", device=device, dtype=dtype)
+    if times.dim() != 1 or times.numel() < 2:
+        raise ValueError(f"times has shape {tuple(times.shape)}, expected a 1-d grid of >= 2 times")
+    if times[0] != 0 or not bool((torch.diff(times) > 0).all()):
+        raise ValueError("times must start at 0 and increase strictly")
+    return times
+
+
+def solve_volterra(kernel_train, targets, times, kernel_test=None, *, device=None, dtype=None):
+    """Solve f(t) = int_0^t K_d(t, t') [y - f(t')] dt' (chapter 5 Eq. {eq}`ndk-volterra-train`) and
+    evaluate f(x, t) = int_0^t k_d(t, t', x)^T [y - f(t')] dt' (Eq. {eq}`ndk-volterra-test`).
+
+    Product trapezoidal rule on the grid ``times`` (t_0 = 0, increasing, any spacing), which is
+    second order in the step. The implicit last node is solved exactly:
+    (I + h_i/2 K_ii) f_i = sum_{j<i} w_j K_ij r_j + h_i/2 K_ii y.
+
+    ``kernel_train``: (n, n, P, P) with entry [i, j] = K_d(t_i, t_j) on training pairs (only j <= i
+    is read); ``targets``: (P,); ``kernel_test``: (n, n, M, P). With P = 1 this is the scalar
+    reduction of the symmetric task (see :func:`symmetric_task_kernels`).
+    Cost: O(n^2 P^2 + n P^3) operations and O(n) batched steps for the training predictor, one
+    O(n^2 M P) contraction for the test predictor. Returns (f_train (n, P), f_test (n, M) or None).
+    """
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    times = _check_grid(times, device, dtype)
+    n = times.numel()
+    kernel = as_tensor(kernel_train, "kernel_train", device=device, dtype=dtype)
+    y = as_tensor(targets, "targets", device=device, dtype=dtype)
+    if y.dim() != 1:
+        raise ValueError(f"targets has shape {tuple(y.shape)}, expected (P,)")
+    p = y.numel()
+    if tuple(kernel.shape) != (n, n, p, p):
+        raise ValueError(f"kernel_train has shape {tuple(kernel.shape)}, expected {(n, n, p, p)}")
+    weights = trapezoid_weights(times)
+    steps = torch.diff(times)
+    identity = torch.eye(p, device=device, dtype=dtype)
+    predictor = torch.zeros(n, p, device=device, dtype=dtype)
+    weighted_residual = torch.zeros(n, p, device=device, dtype=dtype)  # w_j (y - f_j)
+    weighted_residual[0] = weights[0] * y
+    if p == 1:  # the scalar reduction: plain divisions instead of P x P solves
+        flat, residual, weight_list = kernel[:, :, 0, 0], weighted_residual[:, 0], weights.tolist()
+        half_steps, target = (steps / 2).tolist(), float(y[0])
+        values = predictor[:, 0]
+        for i in range(1, n):
+            history = float(flat[i, :i] @ residual[:i])
+            diagonal = float(flat[i, i])
+            value = (history + half_steps[i - 1] * diagonal * target) / (
+                1.0 + half_steps[i - 1] * diagonal)
+            values[i] = value
+            residual[i] = weight_list[i] * (target - value)
+    for i in range(1, n if p > 1 else 0):
+        half = steps[i - 1] / 2
+        history = torch.einsum("jab,jb->a", kernel[i, :i], weighted_residual[:i])
+        diagonal = kernel[i, i]
+        rhs = history + half * (diagonal @ y)
+        predictor[i] = torch.linalg.solve(identity + half * diagonal, rhs)
+        weighted_residual[i] = weights[i] * (y - predictor[i])
+    if kernel_test is None:
+        return predictor, None
+    kernel_test = as_tensor(kernel_test, "kernel_test", device=device, dtype=dtype)
+    if kernel_test.dim() != 4 or tuple(kernel_test.shape[:2]) != (n, n) or kernel_test.shape[3] != p:
+        raise ValueError(f"kernel_test has shape {tuple(kernel_test.shape)}, expected (n, n, M, {p})")
+    residual = y - predictor
+    node = torch.tril(weights.expand(n, n)).clone()  # row i: the trapezoid weights of int_0^{t_i}
+    node.diagonal()[1:] = steps / 2
+    node[0, 0] = 0.0
+    test = torch.einsum("ij,ijmb,jb->im", node, kernel_test, residual)
+    return predictor, test
+
+
+def volterra_double_loop(kernel_train, targets, times):
+    """Reference implementation of the scalar trapezoid scheme of :func:`solve_volterra` as a plain
+    double loop over time steps (Python floats); for the benchmark and the tests only."""
+    t = [float(v) for v in times]
+    k = [[float(v) for v in row] for row in kernel_train]
+    y = float(targets)
+    n = len(t)
+    f = [0.0] * n
+    for i in range(1, n):
+        total = 0.0
+        for j in range(i):
+            w = (t[1] - t[0]) / 2 if j == 0 else (t[j + 1] - t[j - 1]) / 2
+            total += w * k[i][j] * (y - f[j])
+        half = (t[i] - t[i - 1]) / 2
+        f[i] = (total + half * k[i][i] * y) / (1 + half * k[i][i])
+    return f
+
+
+def symmetric_task_kernels(times, rho: float, *, activation: str = "relu", depth: int = 1,
+                           temperature: float, prior_variance: float, init_variance: float,
+                           device=None, dtype=None):
+    """Scalar kernels of the synthetic task (orthonormal inputs, balanced labels, test overlap rho):
+    K_diag - K_off for the training equation and k_1(rho) - k_off for the test point, each on the
+    grid (n, n) of time pairs, shaped (n, n, 1, 1) for :func:`solve_volterra` (chapter 5 Eq.
+    {eq}`ndk-scalar`). Returns (train, test, kernels) where ``kernels`` holds the three NDK arrays.
+    """
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    rho = float(rho)
+    if not -1.0 <= rho <= 1.0:
+        raise ValueError(f"rho={rho!r} must lie in [-1, 1] (the overlap of two unit inputs)")
+    times = _check_grid(times, device, dtype)
+    params = dict(temperature=temperature, prior_variance=prior_variance,
+                  init_variance=init_variance, device=device, dtype=dtype)
+    t1, t2 = times[:, None], times[None, :]
+    correlation = prior_correlation(t1, t2, **params)
+    variance = prior_correlation(times, times, **params)
+    propagator = torch.exp(-temperature / prior_variance * (t1 - t2).abs())
+    gram = torch.tensor([1.0, 0.0, rho], device=device, dtype=dtype)[:, None, None]
+    ndk = kernels_from_gram(gram, 1.0, 1.0, correlation, variance[:, None], variance[None, :],
+                            propagator, activation=activation, depth=depth).ndk
+    diagonal, off, overlap = ndk
+    return ((diagonal - off)[..., None, None], (overlap - off)[..., None, None],
+            {"diagonal": diagonal, "off": off, "overlap": overlap})
+
+
+def synthetic_task(n_train: int, rho: float, *, device=None, dtype=None):
+    """Inputs of the synthetic task in dimension N_0 = P + 1: x^mu = sqrt(N_0) e_mu (so that
+    x.x'/N_0 = delta), balanced labels +-1 (y^1 = +1), a unit test point of overlap ``rho`` with x^1.
+    Returns (x_train (P, N_0), y (P,), x_test (1, N_0))."""
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    check_count(n_train, "n_train", minimum=2)
+    if n_train % 2:
+        raise ValueError(f"n_train={n_train!r} must be even (balanced labels)")
+    if not -1.0 <= float(rho) <= 1.0:
+        raise ValueError(f"rho={rho!r} must lie in [-1, 1]")
+    dim = n_train + 1
+    eye = torch.eye(dim, device=device, dtype=dtype) * math.sqrt(dim)
+    labels = torch.tensor([1.0, -1.0] * (n_train // 2), device=device, dtype=dtype)
+    test = (rho * eye[0] + math.sqrt(1.0 - rho * rho) * eye[-1])[None, :]
+    return eye[:n_train], labels, test
+
+
+def ntk_predictor(kernel_train, kernel_test, targets, times, *, device=None, dtype=None):
+    """The gradient-driven phase (chapter 5 Eq. {eq}`ndk-ntk-solution`):
+    f_train(t) = (I - e^{-K t}) y and f(x, t) = k(x)^T K^{-1} (I - e^{-K t}) y with the NTK K.
+
+    ``kernel_train`` (P, P), ``kernel_test`` (M, P), ``times`` (n,). Returns ((n, P), (n, M)).
+    """
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    kernel = as_tensor(kernel_train, "kernel_train", device=device, dtype=dtype)
+    test = as_tensor(kernel_test, "kernel_test", device=device, dtype=dtype)
+    y = as_tensor(targets, "targets", device=device, dtype=dtype)
+    times = as_tensor(times, "times", device=device, dtype=dtype).reshape(-1)
+    eigenvalues, vectors = torch.linalg.eigh(kernel)
+    if eigenvalues.min() <= 0:
+        raise ValueError(f"kernel_train is not positive definite (eigenvalue {eigenvalues.min():.3g})")
+    modes = vectors.T @ y
+    decayed = (1 - torch.exp(-times[:, None] * eigenvalues)) * modes
+    train = decayed @ vectors.T
+    test_values = (decayed / eigenvalues) @ (test @ vectors).T
+    return train, test_values
+
+
+def nngp_equilibrium(kernel_train, kernel_test, targets, temperature: float, *, device=None,
+                     dtype=None):
+    """The long-time limit (chapter 5 Eq. {eq}`ndk-nngp-equilibrium`): k_GP^T (K_GP + T I)^{-1} y on
+    the test inputs and K_GP (K_GP + T I)^{-1} y on the training inputs. Returns (train, test)."""
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    temperature = check_positive(temperature, "temperature", allow_zero=True)
+    kernel = as_tensor(kernel_train, "kernel_train", device=device, dtype=dtype)
+    test = as_tensor(kernel_test, "kernel_test", device=device, dtype=dtype)
+    y = as_tensor(targets, "targets", device=device, dtype=dtype)
+    eye = torch.eye(kernel.shape[0], device=device, dtype=dtype)
+    coefficients = torch.linalg.solve(kernel + temperature * eye, y)
+    return kernel @ coefficients, test @ coefficients
+
+
+# --------------------------------------------------------------------------------------------
+# Langevin dynamics of finite-width networks, batched over an ensemble
+
+
+def activation_functions(activation: str):
+    """The activation and its derivative as elementwise torch functions."""
+    if activation == "linear":
+        return (lambda h: h), (lambda h: torch.ones_like(h))
+    if activation == "relu":
+        return torch.relu, (lambda h: (h > 0).to(h.dtype))
+    scale = 2.0 / math.sqrt(math.pi)
+    return torch.erf, (lambda h: scale * torch.exp(-h * h))
+
+
+def init_networks(n_replicas: int, widths, *, init_variance: float, generator=None,
+                  antithetic: bool = True, device=None, dtype=None) -> tuple[torch.Tensor, ...]:
+    """i.i.d. N(0, sigma_0^2) weights (W_1, ..., W_L, a) of ``n_replicas`` networks with layer widths
+    ``widths`` = (N_0, N_1, ..., N_L). With ``antithetic`` the second half of the ensemble repeats
+    the first with the readout negated (a valid sample that cancels the prior output exactly)."""
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    check_count(n_replicas, "n_replicas", minimum=2 if antithetic else 1)
+    if antithetic and n_replicas % 2:
+        raise ValueError(f"n_replicas={n_replicas!r} must be even with antithetic pairs")
+    widths = [check_count(int(w), "widths") for w in widths]
+    if len(widths) < 2:
+        raise ValueError(f"widths={widths!r} needs the input width and at least one hidden width")
+    scale = math.sqrt(check_positive(init_variance, "init_variance"))
+    generator = make_generator(device=device) if generator is None else generator
+    half = n_replicas // 2 if antithetic else n_replicas
+    shapes = [(widths[i + 1], widths[i]) for i in range(len(widths) - 1)] + [(widths[-1],)]
+    weights = [scale * torch.randn(half, *shape, generator=generator, device=device, dtype=dtype)
+               for shape in shapes]
+    if antithetic:
+        weights = [torch.cat([w, w], 0) for w in weights[:-1]] + [torch.cat([weights[-1],
+                                                                             -weights[-1]], 0)]
+    return tuple(weights)
+
+
+def network_forward(weights, x, activation: str = "relu"):
+    """Outputs f (R, n) and the layer pre-activations/activations of an ensemble at inputs x (n, N_0)."""
+    phi, _ = activation_functions(_check_activation(activation))
+    hidden = x.expand(weights[0].shape[0], *x.shape)
+    pre, post = [], [hidden]
+    for w in weights[:-1]:
+        h = hidden @ w.transpose(1, 2) / math.sqrt(w.shape[2])
+        hidden = phi(h)
+        pre.append(h)
+        post.append(hidden)
+    readout = weights[-1]
+    output = torch.einsum("rnh,rh->rn", hidden, readout) / math.sqrt(readout.shape[1])
+    return output, pre, post
+
+
+def loss_gradients(weights, x, y, activation: str = "relu"):
+    """Gradients of 1/2 sum_mu (f_mu - y_mu)^2 for every network of the ensemble (manual backprop)."""
+    _, dphi = activation_functions(activation)
+    output, pre, post = network_forward(weights, x, activation)
+    error = output - y
+    readout = weights[-1]
+    grads = [None] * len(weights)
+    grads[-1] = torch.einsum("rn,rnh->rh", error, post[-1]) / math.sqrt(readout.shape[1])
+    delta = error[..., None] * readout[:, None, :] / math.sqrt(readout.shape[1]) * dphi(pre[-1])
+    for layer in range(len(weights) - 2, -1, -1):
+        fan_in = weights[layer].shape[2]
+        grads[layer] = torch.einsum("rnh,rni->rhi", delta, post[layer]) / math.sqrt(fan_in)
+        if layer:
+            delta = (delta @ weights[layer]) / math.sqrt(fan_in) * dphi(pre[layer - 1])
+    return grads
+
+
+def output_gradients(weights, x, activation: str = "relu") -> torch.Tensor:
+    """Per-network, per-input gradients of the output with respect to all weights, flattened:
+    shape (R, n, n_weights). Their inner products are the empirical (two-time) tangent kernels."""
+    output = network_forward(weights, x, activation)[0]
+    rows = []
+    for index in range(x.shape[0]):
+        unit = torch.zeros_like(output)
+        unit[:, index] = 1.0
+        grads = loss_gradients(weights, x, output - unit, activation)
+        rows.append(torch.cat([g.reshape(g.shape[0], -1) for g in grads], 1))
+    return torch.stack(rows, 1)
+
+
+def sample_prior_pair(weights, lag: float, *, temperature: float, prior_variance: float,
+                      generator=None):
+    """Propagate weights by ``lag`` under the prior Ornstein-Uhlenbeck process exactly:
+    e^{-k lag} w + sqrt(sigma^2 (1 - e^{-2 k lag})) xi (chapter 5 Eq. {eq}`ndk-prior-correlation`)."""
+    check_positive(lag, "lag", allow_zero=True)
+    k = check_positive(temperature, "temperature", allow_zero=True) / check_positive(
+        prior_variance, "prior_variance")
+    decay, spread = math.exp(-k * lag), math.sqrt(prior_variance * -math.expm1(-2.0 * k * lag))
+    return tuple(decay * w + spread * torch.randn(w.shape, generator=generator, device=w.device,
+                                                  dtype=w.dtype) for w in weights)
+
+
+def langevin_step(weights, generator, *, x, y, activation: str, temperature: float,
+                  prior_variance: float, dt: float, learning: bool = True, antithetic: bool = True):
+    """One step of the Langevin dynamics {eq}`ndk-langevin` for the whole ensemble: the prior part
+    (Ornstein-Uhlenbeck) is integrated exactly, the loss gradient by an Euler step of size ``dt``
+    (error O(dt)). With ``learning=False`` only the prior part acts (the drift protocol).
+    Antithetic pairs get the same noise except for a negated readout noise."""
+    k = temperature / prior_variance
+    decay = math.exp(-k * dt)
+    spread = math.sqrt(prior_variance * -math.expm1(-2.0 * k * dt))
+    grads = loss_gradients(weights, x, y, activation) if learning else [None] * len(weights)
+    new = []
+    for index, (w, g) in enumerate(zip(weights, grads, strict=True)):
+        half = w.shape[0] // 2 if antithetic else w.shape[0]
+        noise = torch.randn(half, *w.shape[1:], generator=generator, device=w.device, dtype=w.dtype)
+        if antithetic:
+            sign = -1.0 if index == len(weights) - 1 else 1.0
+            noise = torch.cat([noise, sign * noise], 0)
+        step = decay * w + spread * noise
+        new.append(step - dt * g if learning else step)
+    return tuple(new)
+
+
+@dataclass
+class LangevinRun:
+    """Recorded ``times`` (n_records,), outputs ``train`` (n_records, R, P) and ``test``
+    (n_records, R, M); the final ``state``; ``diverged`` replicas (frozen, see run_ensemble)."""
+
+    times: torch.Tensor
+    train: torch.Tensor
+    test: torch.Tensor
+    state: tuple[torch.Tensor, ...]
+    diverged: torch.Tensor
+
+
+def simulate_langevin(weights, x_train, y, x_test, *, activation: str = "relu",
+                      temperature: float, prior_variance: float, dt: float, n_steps: int,
+                      record=1, learning: bool = True, frozen_readout=None,
+                      antithetic: bool = True, generator=None) -> LangevinRun:
+    """Langevin dynamics of an ensemble of finite-width networks (chapter 5 Eq. {eq}`ndk-langevin`),
+    one batched operation per step through :func:`learndyn.ensemble.run_ensemble`.
+
+    ``frozen_readout`` (R, N_L): when given, outputs are read with this readout instead of the
+    current one (the drift protocol of Eq. {eq}`ndk-drift`, used with ``learning=False``).
+    """
+    check_positive(temperature, "temperature", allow_zero=True)
+    check_positive(prior_variance, "prior_variance")
+    check_positive(dt, "dt")
+    check_count(n_steps, "n_steps", minimum=0)
+    _check_activation(activation)
+
+    def step(state, gen):
+        return langevin_step(state, gen, x=x_train, y=y, activation=activation,
+                             temperature=temperature, prior_variance=prior_variance, dt=dt,
+                             learning=learning, antithetic=antithetic)
+
+    def observe(state):
+        readout = state if frozen_readout is None else (*state[:-1], frozen_readout)
+        return {"train": network_forward(readout, x_train, activation)[0],
+                "test": network_forward(readout, x_test, activation)[0]}
+
+    result = run_ensemble(step, tuple(weights), n_steps, record=record, observe=observe,
+                          generator=generator)
+    times = torch.as_tensor(result.steps * dt, dtype=x_train.dtype, device=x_train.device)
+    return LangevinRun(times, result.records["train"], result.records["test"], result.state,
+                       result.diverged)
+
+
+__all__ = ["ACTIVATIONS", "Kernels", "LangevinRun", "activation_functions", "decorrelated_kernel",
+           "gaussian_maps", "init_networks", "input_gram", "kernels_from_gram", "langevin_step",
+           "loss_gradients", "network_forward", "nngp_equilibrium", "ntk_predictor",
+           "output_gradients", "prior_correlation", "sample_prior_pair", "simulate_langevin",
+           "solve_volterra", "static_kernels", "symmetric_task_kernels", "synthetic_task",
+           "trapezoid_weights", "two_time_kernels", "volterra_double_loop"]

@@ -1,0 +1,345 @@
+"""Noisy gradient descent near a zero-loss manifold and its singular limit (chapter 6).
+
+Shalova, Schlichting & Peletier: gradient descent ``w <- w - alpha grad_w L^(w, eta)`` with
+i.i.d. mean-zero noise ``eta`` of variance ``sigma^2`` falls onto the zero-loss set ``Gamma`` and
+then drifts along it. With ``Reg(w) = 1/2 Laplacian_eta L^(w, 0)`` (Eq. sl-reg) the drift is
+
+* non-degenerate noise (``P_T grad Reg != 0`` on ``Gamma``): the constrained gradient flow
+  ``dW/dt = -P_T grad Reg(W)`` in ``t = alpha sigma^2 k`` (Eq. sl-flow-nondegenerate);
+* label noise (``Reg`` constant): ``dW/dtau = -1/(4n) P_T grad tr H(W)`` in
+  ``tau = alpha^2 sigma^2 k`` (Eq. sl-flow-label), ``H`` the Gauss-Newton matrix;
+* minibatch resampling on consistent data: no motion at all.
+
+The model is a diagonal linear network ``f(x; u, v) = sum_j u_j v_j x_j`` with squared loss
+``L = 1/(2n) sum_i (f(x_i) - y_i)^2``; the product model ``f = uv`` is width 1 with ``x = 1``. The
+parameters are stored as ``w = (u_1..u_d, v_1..v_d)``, shape ``(..., 2d)``, the leading axes being
+replicas. Noise types and their noisy loss ``L^(w, eta)`` (Eq. sl-noisy-losses):
+
+========== =========================================================== ==============
+kind       L^(w, eta)                                                  eta has size
+========== =========================================================== ==============
+label      1/(2n) sum_i (f_i - y_i - eta_i)^2                          n
+dropout    f_i -> sum_j (1 + eta_j) u_j v_j x_ij                        d
+dropconnect u -> u (1 + eta_u), v -> v (1 + eta_v)                      2d
+weight     L(w + eta)                                                  2d
+isotropic  L(w) - eta . w                                              2d
+minibatch  1/n sum_i (1 + eta_i) l_i(w)                                n
+========== =========================================================== ==============
+
+Gaussian noise for label, weight and isotropic; Bernoulli masks rescaled by the keep probability
+for dropout and DropConnect (drop probability ``sigma^2 / (1 + sigma^2)``, so that
+``Var eta = sigma^2``); for minibatch, ``batch_size`` indices drawn with replacement and
+``eta_i = (n / b) count_i - 1``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .backend import as_tensor, check_count, check_positive, check_shape, make_generator
+from .ensemble import EnsembleResult, run_ensemble
+from .flows import rk4
+
+NOISE_KINDS = ("label", "dropout", "dropconnect", "weight", "isotropic", "minibatch")
+# Reg constant on every zero-loss set of the model: the limit lives on the scale alpha^2 sigma^2.
+DEGENERATE_KINDS = ("label", "isotropic", "minibatch")
+# Power p of the slow time alpha^p sigma^2 k on which each limiting flow below is written.
+TIME_SCALE_POWER = {"label": 2, "dropout": 1, "dropconnect": 1, "weight": 1}
+
+
+@dataclass(frozen=True)
+class DiagonalNetwork:
+    """Data ``inputs`` (n, d) and ``targets`` (n,) for ``f(x; u, v) = sum_j u_j v_j x_j``."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+
+    @classmethod
+    def make(cls, inputs, targets, *, device=None, dtype=None) -> DiagonalNetwork:
+        """Validated data; ``inputs`` of shape (n, d), ``targets`` of shape (n,)."""
+        inputs = as_tensor(inputs, "inputs", device=device, dtype=dtype)
+        if inputs.dim() != 2 or inputs.shape[0] < 1 or inputs.shape[1] < 1:
+            raise ValueError(f"inputs has shape {tuple(inputs.shape)}, expected (n, d), n, d >= 1")
+        targets = as_tensor(targets, "targets", device=inputs.device, dtype=inputs.dtype)
+        if targets.shape != inputs.shape[:1]:
+            raise ValueError(f"targets has shape {tuple(targets.shape)}, expected "
+                             f"({inputs.shape[0]},) to match inputs")
+        return cls(inputs, targets)
+
+    @classmethod
+    def product(cls, target: float = 1.0, *, device=None, dtype=None) -> DiagonalNetwork:
+        """The product model ``f(u, v) = u v`` fitted to one datum ``y = target``."""
+        return cls.make([[1.0]], [float(target)], device=device, dtype=dtype)
+
+    @property
+    def n_samples(self) -> int:
+        return self.inputs.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.inputs.shape[1]
+
+    def check_parameters(self, w, name: str = "w") -> torch.Tensor:
+        w = as_tensor(w, name, device=self.inputs.device, dtype=self.inputs.dtype)
+        return check_shape(w, (2 * self.width,), name)
+
+    def split(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return w[..., : self.width], w[..., self.width:]
+
+    def outputs(self, w: torch.Tensor) -> torch.Tensor:
+        """``f(x_i; w)`` for every datum, shape ``(..., n)``."""
+        u, v = self.split(w)
+        return (u * v) @ self.inputs.T
+
+    def loss(self, w: torch.Tensor) -> torch.Tensor:
+        """``L(w) = 1/(2n) sum_i (f_i - y_i)^2``, shape ``(...)``."""
+        return 0.5 * (self.outputs(w) - self.targets).square().mean(-1)
+
+    def output_jacobian(self, w: torch.Tensor) -> torch.Tensor:
+        """``J[..., i, :] = grad_w f_i``, shape ``(..., n, 2d)``."""
+        u, v = self.split(w)
+        return torch.cat([self.inputs * v.unsqueeze(-2), self.inputs * u.unsqueeze(-2)], dim=-1)
+
+    def input_power(self) -> torch.Tensor:
+        """``c_j = sum_i x_ij^2``, shape (d,)."""
+        return self.inputs.square().sum(0)
+
+
+def noise_size(kind: str, network: DiagonalNetwork) -> int:
+    """The number of noise variables ``eta`` of a noise type (table in the module docstring)."""
+    _check_kind(kind)
+    n, d = network.n_samples, network.width
+    return {"label": n, "minibatch": n, "dropout": d}.get(kind, 2 * d)
+
+
+def _perturbed(kind: str, w: torch.Tensor, eta: torch.Tensor, network: DiagonalNetwork):
+    """Effective (u, v), chain-rule factors d(u~)/du, d(v~)/dv, label shift and sample weights."""
+    u, v = network.split(w)
+    d = network.width
+    one = torch.ones((), dtype=w.dtype, device=w.device)
+    shift, weights = 0.0, one
+    scale_u, scale_v = one, one
+    if kind == "label":
+        shift = eta
+    elif kind == "minibatch":
+        weights = 1.0 + eta
+    elif kind == "dropout":
+        scale_u = 1.0 + eta
+        u = u * scale_u
+    elif kind == "dropconnect":
+        scale_u, scale_v = 1.0 + eta[..., :d], 1.0 + eta[..., d:]
+        u, v = u * scale_u, v * scale_v
+    elif kind == "weight":
+        u, v = u + eta[..., :d], v + eta[..., d:]
+    return u, v, scale_u, scale_v, shift, weights
+
+
+def noisy_loss(kind: str, w, eta, network: DiagonalNetwork) -> torch.Tensor:
+    """``L^(w, eta)`` of Eq. (sl-noisy-losses), batched over leading axes; differentiable."""
+    w, eta = _check_pair(kind, w, eta, network)
+    u, v, _, _, shift, weights = _perturbed(kind, w, eta, network)
+    residual = (u * v) @ network.inputs.T - network.targets - shift
+    value = 0.5 * (weights * residual.square()).mean(-1)
+    if kind == "isotropic":
+        value = value - (eta * w).sum(-1)
+    return value
+
+
+def noisy_gradient(kind: str, w, eta, network: DiagonalNetwork) -> torch.Tensor:
+    """``grad_w L^(w, eta)`` in closed form, shape ``(..., 2d)`` (the update of Eq. sl-noisy-gd)."""
+    w, eta = _check_pair(kind, w, eta, network)
+    return _gradient(kind, w, eta, network)
+
+
+def _gradient(kind: str, w, eta, network: DiagonalNetwork) -> torch.Tensor:
+    u, v, scale_u, scale_v, shift, weights = _perturbed(kind, w, eta, network)
+    residual = (u * v) @ network.inputs.T - network.targets - shift
+    error = (weights * residual) @ network.inputs / network.n_samples
+    gradient = torch.cat([scale_u * error * v, scale_v * error * u], dim=-1)
+    return gradient - eta if kind == "isotropic" else gradient
+
+
+def regularizer(kind: str, w, network: DiagonalNetwork) -> torch.Tensor:
+    """``Reg(w) = 1/2 Laplacian_eta L^(w, 0)`` (Eq. sl-reg-table), shape ``(...)``.
+
+    label: 1/2; dropout: 1/(2n) sum_j c_j (u_j v_j)^2; DropConnect: twice dropout;
+    weight perturbation: 1/(2n) sum_j c_j (u_j^2 + v_j^2) = 1/2 tr Hess L; isotropic, minibatch: 0.
+    Here ``c_j = sum_i x_ij^2``.
+    """
+    _check_kind(kind)
+    w = network.check_parameters(w)
+    u, v = network.split(w)
+    c = network.input_power() / network.n_samples
+    if kind == "label":
+        return torch.full(w.shape[:-1], 0.5, dtype=w.dtype, device=w.device)
+    if kind in ("isotropic", "minibatch"):
+        return torch.zeros(w.shape[:-1], dtype=w.dtype, device=w.device)
+    if kind == "weight":
+        return 0.5 * (c * (u.square() + v.square())).sum(-1)
+    factor = 0.5 if kind == "dropout" else 1.0
+    return factor * (c * (u * v).square()).sum(-1)
+
+
+def regularizer_gradient(kind: str, w, network: DiagonalNetwork) -> torch.Tensor:
+    """``grad_w Reg`` of :func:`regularizer`, shape ``(..., 2d)``."""
+    _check_kind(kind)
+    w = network.check_parameters(w)
+    u, v = network.split(w)
+    c = network.input_power() / network.n_samples
+    if kind in DEGENERATE_KINDS:
+        return torch.zeros_like(w)
+    if kind == "weight":
+        return torch.cat([c * u, c * v], dim=-1)
+    factor = 1.0 if kind == "dropout" else 2.0
+    p = u * v
+    return factor * torch.cat([c * p * v, c * p * u], dim=-1)
+
+
+def tangent_projection(w, network: DiagonalNetwork) -> torch.Tensor:
+    """``P_T = I - J^T (J J^T)^+ J``, the projection onto the tangent space of the level set of the
+    outputs through ``w`` (on ``Gamma`` this is ``T_w Gamma``), shape ``(..., 2d, 2d)``."""
+    w = network.check_parameters(w)
+    jacobian = network.output_jacobian(w)
+    gram_inverse = torch.linalg.pinv(jacobian @ jacobian.transpose(-1, -2), hermitian=True)
+    eye = torch.eye(w.shape[-1], dtype=w.dtype, device=w.device)
+    return eye - jacobian.transpose(-1, -2) @ gram_inverse @ jacobian
+
+
+def limiting_drift(kind: str, w, network: DiagonalNetwork) -> torch.Tensor:
+    """The right-hand side of the limiting flow on ``Gamma``, shape ``(..., 2d)``.
+
+    dropout, dropconnect, weight: ``-P_T grad Reg`` in ``t = alpha sigma^2 k``
+    (Eq. sl-flow-nondegenerate). label: ``-1/(4n) P_T grad tr H`` in ``tau = alpha^2 sigma^2 k``
+    (Eq. sl-flow-label); for this model ``tr H = 2 Reg_weight``. minibatch: zero on both scales.
+    isotropic noise has a tangential noise term (an SDE on ``Gamma``), so it is refused here.
+    """
+    _check_kind(kind)
+    if kind == "isotropic":
+        raise ValueError("kind='isotropic' has no deterministic limiting flow: its limit is an "
+                         "SDE on the zero-loss set")
+    w = network.check_parameters(w)
+    if kind == "minibatch":
+        return torch.zeros_like(w)
+    if kind == "label":
+        gradient = regularizer_gradient("weight", w, network) / (2 * network.n_samples)
+    else:
+        gradient = regularizer_gradient(kind, w, network)
+    return -(tangent_projection(w, network) @ gradient.unsqueeze(-1)).squeeze(-1)
+
+
+def limiting_flow(kind: str, w0, times, network: DiagonalNetwork, *, substeps: int = 8):
+    """Integrate :func:`limiting_drift` from ``w0`` (on ``Gamma``) over ``times`` with
+    :func:`learndyn.flows.rk4`; returns shape ``(len(times), ..., 2d)``. Time is
+    ``t = alpha sigma^2 k`` or, for label noise, ``tau = alpha^2 sigma^2 k``
+    (see ``TIME_SCALE_POWER``)."""
+    w0 = network.check_parameters(w0, "w0")
+    return rk4(lambda _t, w: limiting_drift(kind, w, network), w0, times, substeps=substeps)
+
+
+def sample_noise(kind: str, shape, network: DiagonalNetwork, generator: torch.Generator, *,
+                 sigma: float | None = None, batch_size: int | None = None) -> torch.Tensor:
+    """Noise ``eta`` of shape ``(*shape, noise_size)``: mean zero, variance ``sigma^2`` per entry
+    (minibatch: variance ``(n - 1) / batch_size``)."""
+    _check_kind(kind)
+    sigma, batch_size = _check_noise_parameters(kind, sigma, batch_size)
+    size = (*shape, noise_size(kind, network))
+    dtype, device = network.inputs.dtype, network.inputs.device
+    if kind == "minibatch":
+        n = network.n_samples
+        picks = torch.randint(n, (*shape, batch_size), generator=generator, device=device)
+        counts = torch.zeros(size, dtype=dtype, device=device)
+        counts.scatter_add_(-1, picks, torch.ones(picks.shape, dtype=dtype, device=device))
+        return counts * (n / batch_size) - 1.0
+    if kind in ("dropout", "dropconnect"):
+        keep = 1.0 / (1.0 + sigma**2)
+        mask = torch.rand(size, generator=generator, dtype=dtype, device=device) < keep
+        return mask.to(dtype) / keep - 1.0
+    return sigma * torch.randn(size, generator=generator, dtype=dtype, device=device)
+
+
+def run_noisy_gd(kind: str, network: DiagonalNetwork, w0, alpha: float, n_steps: int, *,
+                 sigma: float | None = None, batch_size: int | None = None, record=1,
+                 observe=None, generator: torch.Generator | None = None, noise_chunk: int = 512,
+                 bound: float = 1e6, check_every: int = 64) -> EnsembleResult:
+    """Noisy gradient descent ``w <- w - alpha grad_w L^(w, eta_k)`` (Eq. sl-noisy-gd) for an
+    ensemble ``w0`` of shape ``(R, 2d)``, one batched update per step through
+    :func:`learndyn.ensemble.run_ensemble`; the noise of ``noise_chunk`` steps is drawn at once.
+    Replicas leaving the ball of radius ``bound`` are frozen (checked every ``check_every``
+    steps)."""
+    _check_kind(kind)
+    alpha = check_positive(alpha, "alpha")
+    check_count(n_steps, "n_steps", minimum=0)
+    w0 = network.check_parameters(w0, "w0")
+    if w0.dim() != 2:
+        raise ValueError(f"w0 has shape {tuple(w0.shape)}, expected (R, {2 * network.width})")
+    _check_noise_parameters(kind, sigma, batch_size)
+    generator = make_generator(device=w0.device) if generator is None else generator
+    replicas = w0.shape[0]
+
+    def noise(k, gen):
+        return sample_noise(kind, (k, replicas), network, gen, sigma=sigma, batch_size=batch_size)
+
+    def step(w, eta):
+        return w - alpha * _gradient(kind, w, eta, network)
+
+    return run_ensemble(step, w0, n_steps, record=record, observe=observe, noise=noise,
+                        noise_chunk=noise_chunk, bound=bound, check_every=check_every,
+                        generator=generator)
+
+
+def balance(w, network: DiagonalNetwork) -> torch.Tensor:
+    """The balances ``q_j = u_j^2 - v_j^2``, shape ``(..., d)``."""
+    u, v = network.split(network.check_parameters(w))
+    return u.square() - v.square()
+
+
+def product_on_manifold(q, target: float = 1.0, *, device=None, dtype=None) -> torch.Tensor:
+    """The point ``(u, v)`` with ``u v = target``, ``u > 0`` and balance ``u^2 - v^2 = q`` on the
+    hyperbola ``Gamma`` of the product model: ``u^2 = (q + sqrt(q^2 + 4 y^2)) / 2``."""
+    q = as_tensor(q, "q", device=device, dtype=dtype)
+    u = torch.sqrt(0.5 * (q + torch.sqrt(q.square() + 4.0 * target**2)))
+    return torch.stack([u, target / u], dim=-1)
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in NOISE_KINDS:
+        raise ValueError(f"kind={kind!r} is not a noise type; choose from {NOISE_KINDS}")
+
+
+def _check_pair(kind: str, w, eta, network: DiagonalNetwork):
+    _check_kind(kind)
+    w = network.check_parameters(w)
+    eta = as_tensor(eta, "eta", device=w.device, dtype=w.dtype)
+    check_shape(eta, (noise_size(kind, network),), "eta")
+    return w, eta
+
+
+def _check_noise_parameters(kind: str, sigma, batch_size):
+    if kind == "minibatch":
+        if sigma is not None:
+            raise ValueError(f"sigma={sigma!r}: minibatch noise is set by batch_size, not sigma")
+        return None, check_count(batch_size, "batch_size")
+    if batch_size is not None:
+        raise ValueError(f"batch_size={batch_size!r} only applies to kind='minibatch'")
+    if sigma is None:
+        raise ValueError(f"sigma=None: kind={kind!r} needs a noise standard deviation sigma > 0")
+    return check_positive(sigma, "sigma"), None
+
+
+def slow_time(kind: str, steps, alpha: float, sigma: float) -> np.ndarray:
+    """``alpha^p sigma^2 k`` with the power ``p`` of ``TIME_SCALE_POWER[kind]``."""
+    if kind not in TIME_SCALE_POWER:
+        raise ValueError(f"kind={kind!r} has no slow time; choose from {tuple(TIME_SCALE_POWER)}")
+    alpha, sigma = check_positive(alpha, "alpha"), check_positive(sigma, "sigma")
+    return np.asarray(steps, dtype=float) * alpha ** TIME_SCALE_POWER[kind] * sigma**2
+
+
+__all__ = [
+    "DEGENERATE_KINDS", "NOISE_KINDS", "TIME_SCALE_POWER", "DiagonalNetwork", "balance",
+    "limiting_drift", "limiting_flow", "noise_size", "noisy_gradient", "noisy_loss",
+    "product_on_manifold", "regularizer", "regularizer_gradient", "run_noisy_gd", "sample_noise",
+    "slow_time", "tangent_projection",
+]

@@ -1,0 +1,207 @@
+"""Unit tests of learndyn.ndk: the prior correlation, two-time kernels, NDK, Volterra solver, limits,
+finite-width Langevin ensembles and input validation."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from learndyn import ndk
+from learndyn.backend import make_generator
+
+PHYSICS = dict(temperature=0.3, prior_variance=1.2, init_variance=0.5)
+
+
+def random_inputs(n, dim, device, seed=0):
+    generator = make_generator(seed, device=device)
+    return torch.randn(n, dim, generator=generator, device=device, dtype=torch.float64)
+
+
+def test_prior_correlation_limits(device):
+    times = torch.linspace(0, 3, 7, device=device, dtype=torch.float64)
+    at_zero = ndk.prior_correlation(0.0, 0.0, **PHYSICS, device=device)
+    assert float(at_zero) == pytest.approx(PHYSICS["init_variance"], rel=1e-15)
+    # long times: stationary, depends on t - t' only
+    late = ndk.prior_correlation(200.0 + times, 200.0, **PHYSICS, device=device)
+    k = PHYSICS["temperature"] / PHYSICS["prior_variance"]
+    expected = PHYSICS["prior_variance"] * torch.exp(-k * times)
+    torch.testing.assert_close(late, expected, rtol=1e-12, atol=1e-14)
+    # symmetric in its times, and zero temperature freezes it at sigma_0^2
+    torch.testing.assert_close(ndk.prior_correlation(times[:, None], times, **PHYSICS, device=device),
+                               ndk.prior_correlation(times, times[:, None], **PHYSICS, device=device))
+    frozen = ndk.prior_correlation(times[:, None], times, temperature=0.0, prior_variance=1.0,
+                                   init_variance=0.7, device=device)
+    torch.testing.assert_close(frozen, torch.full_like(frozen, 0.7))
+
+
+@pytest.mark.parametrize("activation", ndk.ACTIVATIONS)
+def test_kernels_symmetric_and_psd(device, activation):
+    x = random_inputs(6, 5, device)
+    times = torch.tensor([0.0, 0.7, 2.5], device=device, dtype=torch.float64)
+    # the block matrix over (time, input) pairs of the prior output covariance is a covariance
+    kernels = ndk.two_time_kernels(x, x, times[:, None], times[None, :], activation=activation,
+                                   depth=2, **PHYSICS, device=device)
+    for name in ("output_covariance", "ndk"):
+        value = getattr(kernels, name)                       # (3, 3, 6, 6)
+        block = value.permute(0, 2, 1, 3).reshape(18, 18)
+        torch.testing.assert_close(block, block.T, rtol=1e-12, atol=1e-14)
+        if name == "output_covariance":
+            assert float(torch.linalg.eigvalsh(block).min()) > -1e-12
+    nngp, ntk = ndk.static_kernels(x, x, weight_variance=0.8, activation=activation, depth=3,
+                                   device=device)
+    for kernel in (nngp, ntk):
+        torch.testing.assert_close(kernel, kernel.T, rtol=1e-12, atol=1e-14)
+        assert float(torch.linalg.eigvalsh(kernel).min()) > -1e-12
+
+
+def test_linear_closed_form(device):
+    x = random_inputs(4, 3, device)
+    t1 = torch.tensor([0.0, 1.0, 4.0], device=device, dtype=torch.float64)[:, None]
+    t2 = torch.tensor([0.5, 3.0], device=device, dtype=torch.float64)[None, :]
+    gram = x @ x.T / 3
+    c = ndk.prior_correlation(t1, t2, **PHYSICS, device=device)[..., None, None]
+    propagator = torch.exp(-PHYSICS["temperature"] / PHYSICS["prior_variance"] * (t1 - t2).abs())
+    for depth in (1, 2, 3):
+        kernels = ndk.two_time_kernels(x, x, t1, t2, activation="linear", depth=depth, **PHYSICS,
+                                       device=device)
+        torch.testing.assert_close(kernels.ndk, (depth + 1) * propagator[..., None, None]
+                                   * c ** depth * gram, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(kernels.nngp, c ** depth * gram, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("activation", ndk.ACTIVATIONS)
+def test_ntk_and_nngp_are_special_cases(device, activation):
+    x = random_inputs(5, 4, device)
+    at_zero = ndk.two_time_kernels(x, x, 0.0, 0.0, activation=activation, depth=2, **PHYSICS,
+                                   device=device)
+    nngp0, ntk0 = ndk.static_kernels(x, x, weight_variance=PHYSICS["init_variance"],
+                                     activation=activation, depth=2, device=device)
+    torch.testing.assert_close(at_zero.ndk, ntk0, rtol=1e-7, atol=1e-12)   # arccos at cos = 1
+    torch.testing.assert_close(at_zero.output_covariance, nngp0, rtol=1e-7, atol=1e-12)
+    late = ndk.two_time_kernels(x, x, 500.0, 500.0, activation=activation, depth=2, **PHYSICS,
+                                device=device)
+    nngp_eq, _ = ndk.static_kernels(x, x, weight_variance=PHYSICS["prior_variance"],
+                                    activation=activation, depth=2, device=device)
+    torch.testing.assert_close(late.output_covariance, nngp_eq, rtol=1e-7, atol=1e-12)
+
+
+def test_relu_and_erf_maps_against_quadrature(device):
+    # E[phi(u) phi(v)] by Gauss-Hermite quadrature on a 2-d Gaussian
+    points, w = np.polynomial.hermite_e.hermegauss(80)
+    w = w / w.sum()
+    q1, q2, c = 0.8, 1.5, 0.6
+    u = math.sqrt(q1) * points[:, None]
+    v = c / math.sqrt(q1) * points[:, None] + math.sqrt(q2 - c * c / q1) * points[None, :]
+    weight = w[:, None] * w[None, :]
+    tensors = [torch.tensor(value, device=device, dtype=torch.float64) for value in (q1, q2, c)]
+    for activation, phi, dphi in [
+            ("erf", lambda z: np.vectorize(math.erf)(z),
+             lambda z: 2 / math.sqrt(math.pi) * np.exp(-z * z)),
+            ("relu", lambda z: np.maximum(z, 0), lambda z: (z > 0).astype(float))]:
+        value, derivative = ndk.gaussian_maps(activation, *tensors)
+        expected = float((weight * phi(u) * phi(v)).sum())
+        # Gauss-Hermite converges slowly across the ReLU kink (1e-2), spectrally for erf (1e-10)
+        assert float(value) == pytest.approx(expected, rel=1e-2 if activation == "relu" else 1e-10)
+        if activation == "erf":
+            expected_d = float((weight * dphi(u) * dphi(v)).sum())
+            assert float(derivative) == pytest.approx(expected_d, rel=1e-10)
+
+
+def test_volterra_matches_double_loop_and_ntk(device):
+    times = torch.linspace(0, 6, 61, device=device, dtype=torch.float64)
+    train, test, _ = ndk.symmetric_task_kernels(times, 0.6, activation="erf", depth=2,
+                                                **PHYSICS, device=device)
+    g, f = ndk.solve_volterra(train, torch.ones(1, device=device, dtype=torch.float64), times, test,
+                              device=device)
+    reference = ndk.volterra_double_loop(train[..., 0, 0].cpu(), 1.0, times.cpu())
+    torch.testing.assert_close(g[:, 0].cpu(), torch.tensor(reference, dtype=torch.float64),
+                               rtol=1e-12, atol=1e-14)
+    # at T = 0 the kernel is the constant NTK: compare with the closed form (trapezoid error O(h^2))
+    frozen = dict(temperature=0.0, prior_variance=1.0, init_variance=0.5)
+    x_train, y, x_test = ndk.synthetic_task(4, 0.6, device=device)
+    inputs = torch.cat([x_train, x_test])
+    _, ntk = ndk.static_kernels(inputs, inputs, weight_variance=0.5, activation="erf", depth=2,
+                                device=device)
+    train0, test0, _ = ndk.symmetric_task_kernels(times, 0.6, activation="erf", depth=2, **frozen,
+                                                  device=device)
+    g0, f0 = ndk.solve_volterra(train0, torch.ones(1, device=device, dtype=torch.float64), times,
+                                test0, device=device)
+    ntk_train, ntk_test = ndk.ntk_predictor(ntk[:4, :4], ntk[4:, :4], y, times, device=device)
+    torch.testing.assert_close(g0[:, 0], (ntk_train * y).mean(-1), rtol=0, atol=2e-3)
+    torch.testing.assert_close(f0[:, 0], ntk_test[:, 0], rtol=0, atol=2e-3)
+
+
+def test_nngp_equilibrium_is_gp_regression(device):
+    x = random_inputs(5, 4, device)
+    y = torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0], device=device, dtype=torch.float64)
+    kernel, _ = ndk.static_kernels(x, x, weight_variance=1.0, activation="relu", depth=2,
+                                   device=device)
+    train, test = ndk.nngp_equilibrium(kernel, kernel[:2], y, 0.1, device=device)
+    torch.testing.assert_close(y - train, 0.1 * torch.linalg.solve(kernel + 0.1 * torch.eye(5,
+                               device=device, dtype=torch.float64), y))
+    torch.testing.assert_close(test, train[:2])
+
+
+def test_decorrelated_kernel_is_the_long_lag_limit(device):
+    x = random_inputs(4, 6, device)
+    for activation in ndk.ACTIVATIONS:
+        late = ndk.two_time_kernels(x, x, 400.0, 0.0, activation=activation, depth=2,
+                                    temperature=0.1, prior_variance=1.0, init_variance=1.0,
+                                    device=device).nngp
+        limit = ndk.decorrelated_kernel(x, x, weight_variance=1.0, activation=activation, depth=2,
+                                        device=device)
+        torch.testing.assert_close(late, limit, rtol=0, atol=1e-12)
+
+
+def test_langevin_ensemble_is_batched_and_antithetic(device):
+    x_train, y, x_test = ndk.synthetic_task(2, 0.5, device=device)
+    generator = make_generator(3, device=device)
+    weights = ndk.init_networks(8, [3, 16, 16], init_variance=1.0, generator=generator,
+                                device=device)
+    assert [tuple(w.shape) for w in weights] == [(8, 16, 3), (8, 16, 16), (8, 16)]
+    out0 = ndk.network_forward(weights, x_train, "relu")[0]
+    torch.testing.assert_close(out0[:4], -out0[4:])              # antithetic readouts
+    # prior-only dynamics keeps the antithetic symmetry exactly
+    run = ndk.simulate_langevin(weights, x_train, y, x_test, activation="relu", temperature=0.1,
+                                prior_variance=1.0, dt=0.05, n_steps=10, learning=False,
+                                generator=generator)
+    torch.testing.assert_close(run.train[-1, :4], -run.train[-1, 4:])
+    # the manual back-propagation equals autograd
+    leaves = [w.clone().requires_grad_(True) for w in weights]
+    output = ndk.network_forward(tuple(leaves), x_train, "relu")[0]
+    (0.5 * (output - y).square().sum()).backward()
+    for manual, leaf in zip(ndk.loss_gradients(weights, x_train, y, "relu"), leaves, strict=True):
+        torch.testing.assert_close(manual, leaf.grad, rtol=1e-12, atol=1e-12)
+
+
+def test_bad_input_raises(device):
+    x = random_inputs(3, 4, device)
+    with pytest.raises(ValueError, match="prior_variance"):
+        ndk.prior_correlation(0.0, 1.0, temperature=0.1, prior_variance=-1.0, init_variance=1.0)
+    with pytest.raises(ValueError, match="temperature"):
+        ndk.two_time_kernels(x, x, 0.0, 1.0, temperature=float("nan"), prior_variance=1.0,
+                             init_variance=1.0, device=device)
+    with pytest.raises(ValueError, match="t1"):
+        ndk.two_time_kernels(x, x, -1.0, 1.0, **PHYSICS, device=device)
+    with pytest.raises(ValueError, match="x2"):
+        ndk.two_time_kernels(x, x[:, :2], 0.0, 1.0, **PHYSICS, device=device)
+    bad = x.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="x1"):
+        ndk.static_kernels(bad, x, weight_variance=1.0, device=device)
+    with pytest.raises(ValueError, match="activation"):
+        ndk.static_kernels(x, x, weight_variance=1.0, activation="tanh", device=device)
+    with pytest.raises(ValueError, match="depth"):
+        ndk.static_kernels(x, x, weight_variance=1.0, depth=0, device=device)
+    with pytest.raises(ValueError, match="weight_variance"):
+        ndk.static_kernels(x, x, weight_variance=0.0, device=device)
+    times = torch.linspace(0, 1, 5, dtype=torch.float64)
+    with pytest.raises(ValueError, match="kernel_train"):
+        ndk.solve_volterra(torch.zeros(5, 5, 2, 2), torch.ones(1), times)
+    with pytest.raises(ValueError, match="times"):
+        ndk.solve_volterra(torch.zeros(5, 5, 1, 1), torch.ones(1), times.flip(0))
+    with pytest.raises(ValueError, match="rho"):
+        ndk.synthetic_task(4, 1.5)
+    with pytest.raises(ValueError, match="n_replicas"):
+        ndk.init_networks(3, [3, 4], init_variance=1.0)

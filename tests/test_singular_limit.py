@@ -1,0 +1,160 @@
+"""Tests of learndyn.singular_limit: noisy losses, Reg, limiting flows, the noisy-GD ensemble."""
+
+import math
+
+import pytest
+import torch
+
+from learndyn.backend import make_generator
+from learndyn.singular_limit import (
+    NOISE_KINDS,
+    DiagonalNetwork,
+    balance,
+    limiting_drift,
+    limiting_flow,
+    noise_size,
+    noisy_gradient,
+    noisy_loss,
+    product_on_manifold,
+    regularizer,
+    regularizer_gradient,
+    run_noisy_gd,
+    sample_noise,
+    tangent_projection,
+)
+
+
+def _network(device):
+    generator = make_generator(11, device=device)
+    inputs = torch.randn(3, 2, generator=generator, dtype=torch.float64, device=device)
+    targets = torch.randn(3, generator=generator, dtype=torch.float64, device=device)
+    return DiagonalNetwork.make(inputs, targets, device=device)
+
+
+def _points(network, count, seed=5):
+    generator = make_generator(seed, device=network.inputs.device)
+    return torch.randn(count, 2 * network.width, generator=generator, dtype=torch.float64,
+                       device=network.inputs.device)
+
+
+@pytest.mark.parametrize("kind", NOISE_KINDS)
+def test_regularizer_is_half_the_noise_laplacian(kind, device):
+    """Reg = 1/2 sum_k d^2 L^/d eta_k^2 at eta = 0, by central second differences (error O(h^2))."""
+    network = _network(device)
+    w = _points(network, 4)
+    h = 1e-3
+    m = noise_size(kind, network)
+    zero = torch.zeros(w.shape[0], m, dtype=w.dtype, device=device)
+    base = noisy_loss(kind, w, zero, network)
+    laplacian = torch.zeros_like(base)
+    for k in range(m):
+        step = torch.zeros_like(zero)
+        step[:, k] = h
+        laplacian += (noisy_loss(kind, w, step, network) - 2 * base
+                      + noisy_loss(kind, w, -step, network)) / h**2
+    torch.testing.assert_close(regularizer(kind, w, network), 0.5 * laplacian, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", NOISE_KINDS)
+def test_noisy_gradient_matches_autograd(kind, device):
+    network = _network(device)
+    w = _points(network, 5).requires_grad_(True)
+    eta = sample_noise(kind, (5,), network, make_generator(3, device=device),
+                       **({"batch_size": 2} if kind == "minibatch" else {"sigma": 0.7}))
+    (autograd,) = torch.autograd.grad(noisy_loss(kind, w, eta, network).sum(), w)
+    torch.testing.assert_close(noisy_gradient(kind, w.detach(), eta, network), autograd,
+                               rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", NOISE_KINDS)
+def test_regularizer_gradient_matches_autograd(kind, device):
+    network = _network(device)
+    w = _points(network, 5).requires_grad_(True)
+    value = regularizer(kind, w, network)
+    expected = (torch.autograd.grad(value.sum(), w)[0] if value.requires_grad
+                else torch.zeros_like(w))
+    torch.testing.assert_close(regularizer_gradient(kind, w.detach(), network), expected,
+                               rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["label", "dropout", "dropconnect", "weight"])
+def test_noise_has_mean_zero_and_variance_sigma_squared(kind, device):
+    network = _network(device)
+    sigma, count = 0.6, 200_000
+    eta = sample_noise(kind, (count,), network, make_generator(1, device=device), sigma=sigma)
+    standard_error = 5 * sigma * 2 / math.sqrt(count)  # 5 s.e.; Bernoulli kurtosis below 4
+    assert eta.mean(0).abs().max() < standard_error
+    assert (eta.var(0) - sigma**2).abs().max() < 5 * sigma**2 * math.sqrt(8 / count)
+
+
+def test_minibatch_noise_variance(device):
+    network = _network(device)
+    eta = sample_noise("minibatch", (100_000,), network, make_generator(2, device=device),
+                       batch_size=2)
+    assert eta.mean().abs() < 0.02
+    assert abs(eta.var(0).mean().item() - (3 - 1) / 2) < 0.05
+
+
+def test_product_model_flows_move_the_balance_at_the_predicted_rates(device):
+    """On uv = 1: label noise dq/dtau = -q, weight perturbation dq/dt = -2q, minibatch nothing."""
+    network = DiagonalNetwork.product(1.0, device=device)
+    w0 = product_on_manifold(3.75, device=device)
+    times = [0.0, 0.5, 1.0]
+    for kind, rate in (("label", 1.0), ("weight", 2.0), ("minibatch", 0.0)):
+        path = limiting_flow(kind, w0, times, network, substeps=100)  # RK4 error ~ h^4 = 6e-10
+        q = balance(path, network)[:, 0]
+        expected = 3.75 * torch.exp(-rate * torch.tensor(times, dtype=q.dtype, device=device))
+        torch.testing.assert_close(q, expected, rtol=1e-8, atol=1e-10)
+        torch.testing.assert_close(path[:, 0] * path[:, 1], torch.ones(3, dtype=q.dtype,
+                                   device=device), rtol=1e-8, atol=0)
+
+
+def test_tangent_projection_is_orthogonal_to_the_output_gradients(device):
+    network = _network(device)
+    w = _points(network, 3)
+    projection = tangent_projection(w, network)
+    jacobian = network.output_jacobian(w)
+    torch.testing.assert_close(jacobian @ projection, torch.zeros_like(jacobian), atol=1e-12,
+                               rtol=0)
+    torch.testing.assert_close(projection @ projection, projection, atol=1e-12, rtol=0)
+
+
+def test_ensemble_step_is_one_noisy_gradient_step(device):
+    network = _network(device)
+    w0 = _points(network, 6)
+    result = run_noisy_gd("weight", network, w0, 0.1, 1, sigma=0.5, record=1,
+                          generator=make_generator(4, device=device))
+    eta = sample_noise("weight", (1, 6), network, make_generator(4, device=device), sigma=0.5)[0]
+    torch.testing.assert_close(result.state, w0 - 0.1 * noisy_gradient("weight", w0, eta, network))
+
+
+def test_bad_input_raises_value_error_naming_the_argument():
+    network = DiagonalNetwork.product()
+    w = product_on_manifold(1.0).expand(2, 2)
+    with pytest.raises(ValueError, match="kind"):
+        regularizer("gaussian", w, network)
+    with pytest.raises(ValueError, match="sigma"):
+        run_noisy_gd("label", network, w, 0.1, 10, sigma=-1.0)
+    with pytest.raises(ValueError, match="sigma"):
+        run_noisy_gd("label", network, w, 0.1, 10)
+    with pytest.raises(ValueError, match="alpha"):
+        run_noisy_gd("label", network, w, 0.0, 10, sigma=1.0)
+    with pytest.raises(ValueError, match="batch_size"):
+        run_noisy_gd("minibatch", network, w, 0.1, 10, batch_size=0)
+    with pytest.raises(ValueError, match="w0"):
+        run_noisy_gd("label", network, torch.ones(2, 3), 0.1, 10, sigma=1.0)
+    with pytest.raises(ValueError, match="eta"):
+        noisy_loss("weight", w, torch.zeros(2, 1), network)
+    with pytest.raises(ValueError, match="w"):
+        regularizer("weight", torch.tensor([[float("nan"), 1.0]]), network)
+    with pytest.raises(ValueError, match="targets"):
+        DiagonalNetwork.make([[1.0, 2.0]], [1.0, 2.0])
+    with pytest.raises(ValueError, match="isotropic"):
+        limiting_drift("isotropic", w, network)
+
+
+def test_divergence_is_flagged_not_raised():
+    network = DiagonalNetwork.product()
+    w0 = product_on_manifold(3.75).expand(4, 2).clone()
+    result = run_noisy_gd("label", network, w0, 1.0, 50, sigma=1.0, bound=1e3, check_every=1)
+    assert bool(result.diverged.all())
