@@ -1,0 +1,515 @@
+"""Noise injection nodes (chapter "Noise injection nodes", label prefix ``ni-``).
+
+A noise injection node (NIN) adds ``w_NI * eps`` to the pre-activation of a layer, with a fresh
+random ``eps`` per sample and a trainable weight ``w_NI``. This module holds the chapter's kernels:
+
+* the linear toy model ``f(x, eps) = w1 (w0 x + wn eps)`` trained on ``y = M x`` with the mean
+  squared error {eq}`ni-toy-loss`. Its minibatch gradient depends on the batch only through the
+  three batch moments ``<x^2>, <x eps>, <eps^2>`` ({eq}`ni-batch-gradients`), so one update rule,
+  :func:`toy_update`, serves every variant: moments computed from samples (:func:`batch_moments`),
+  drawn exactly from their Wishart law (:func:`sample_batch_moments`), or replaced by the reduced
+  stochastic map of Eqs. 5-6 of the paper (:func:`reduced_batch_moments`);
+* the coefficients of that map, the phase thresholds and the decay time scales;
+* a one-hidden-layer ReLU network with a NIN on its hidden layer, trained by SGD with a leading
+  model axis, so a sweep over replicas *and* noise strengths is one batched run.
+
+Every ensemble runs on :func:`learndyn.ensemble.run_ensemble`: the replica axis leads, and one step
+is one batched tensor operation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .backend import (
+    as_tensor,
+    check_count,
+    check_positive,
+    make_generator,
+    resolve_device,
+    resolve_dtype,
+)
+from .ensemble import EnsembleResult, run_ensemble
+
+MOMENT_MODES = ("samples", "wishart", "reduced", "reduced_even")
+NIN_MODES = ("rerandomized", "fixed")
+
+
+# --------------------------------------------------------------------------------------------------
+# The toy model: loss, gradients, one SGD update
+# --------------------------------------------------------------------------------------------------
+
+def toy_loss(w0, w1, wn, x2, xe, e2, target_slope=1.0):
+    """Batch loss of the toy model, Eq. {eq}`ni-toy-loss` written in the batch moments.
+
+    ``L = 1/2 (r^2 <x^2> + 2 r w1 wn <x eps> + w1^2 wn^2 <eps^2>)`` with ``r = w1 w0 - M``. With
+    ``xe = 0`` and ``e2 = 0`` it is the noise-free loss ``L_{eps=0}`` of Eq. 9.
+    """
+    r = w1 * w0 - target_slope
+    return 0.5 * (r * r * x2 + 2 * r * w1 * wn * xe + (w1 * wn) ** 2 * e2)
+
+
+def toy_gradients(w0, w1, wn, x2, xe, e2, target_slope=1.0):
+    """Batch-averaged gradients of the toy loss, Eq. {eq}`ni-batch-gradients`.
+
+    Returns ``(dL/dw0, dL/dw1, dL/dwn)``; all arguments broadcast (a leading replica axis).
+    """
+    r = w1 * w0 - target_slope
+    g0 = w1 * (r * x2 + w1 * wn * xe)
+    g1 = r * w0 * x2 + wn * (r + w1 * w0) * xe + w1 * wn * wn * e2
+    gn = w1 * (r * xe + w1 * wn * e2)
+    return g0, g1, gn
+
+
+def toy_update(state, moments, eta, target_slope=1.0):
+    """One SGD step of the toy model on a minibatch summarised by its moments.
+
+    ``state = (w0, w1, wn)`` (each of shape ``(R,)``), ``moments = (x2, xe, e2)`` (broadcastable),
+    ``eta`` the learning rate (a number or a per-replica tensor). Implements
+    ``w <- w - eta * grad L`` with the gradients of Eq. {eq}`ni-batch-gradients`.
+    """
+    w0, w1, wn = state
+    g0, g1, gn = toy_gradients(w0, w1, wn, *moments, target_slope=target_slope)
+    return w0 - eta * g0, w1 - eta * g1, wn - eta * gn
+
+
+def batch_moments(x, eps):
+    """The batch moments ``(<x^2>, <x eps>, <eps^2>)`` over the last axis of ``x`` and ``eps``."""
+    if x.shape != eps.shape:
+        raise ValueError(f"x has shape {tuple(x.shape)} but eps has shape {tuple(eps.shape)}")
+    return (x * x).mean(-1), (x * eps).mean(-1), (eps * eps).mean(-1)
+
+
+def sample_batch_moments(shape, batch_size, sigma_x, sigma_eps, generator=None, *, device=None,
+                         dtype=None):
+    """Draw the batch moments of ``batch_size`` fresh samples ``x ~ N(0, sigma_x^2)``,
+    ``eps ~ N(0, sigma_eps^2)`` exactly, at a cost that does not grow with the batch size.
+
+    ``B * [[<x^2>, <x eps>], [<x eps>, <eps^2>]]`` is a 2x2 Wishart matrix with ``B`` degrees of
+    freedom; the Bartlett decomposition ``A = L L^T`` with ``L11^2 ~ chi2(B)``, ``L21 ~ N(0, 1)``,
+    ``L22^2 ~ chi2(B - 1)`` samples it. ``sigma_eps`` may be a tensor broadcasting against
+    ``shape``.
+    Returns ``(x2, xe, e2)`` of shape ``shape``: the law of :func:`batch_moments` of the samples.
+    """
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    check_count(batch_size, "batch_size")
+    check_positive(sigma_x, "sigma_x")
+    sigma_eps = _nonnegative(sigma_eps, "sigma_eps", device, dtype)
+    shape = tuple(shape)
+    l11_sq = _chi2(shape, batch_size, generator, device, dtype)
+    l21 = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+    l22_sq = _chi2(shape, batch_size - 1, generator, device, dtype)
+    x2 = sigma_x**2 * l11_sq / batch_size
+    xe = sigma_x * sigma_eps * l11_sq.sqrt() * l21 / batch_size
+    e2 = sigma_eps**2 * (l21 * l21 + l22_sq) / batch_size
+    return x2, xe, e2
+
+
+def _chi2(shape, dof, generator, device, dtype):
+    """chi2(dof) variates drawn from ``generator`` (``dof = 0`` gives zeros).
+
+    ``chi2(k) = 2 Gamma(k/2, 1)``; ``torch._standard_gamma`` is the one gamma sampler in torch that
+    takes a generator (``torch.distributions.Gamma`` does not), so a seeded run stays reproducible.
+    """
+    if dof == 0:
+        return torch.zeros(shape, device=device, dtype=dtype)
+    alpha = torch.full(shape, dof / 2.0, device=device, dtype=dtype)
+    return 2.0 * torch._standard_gamma(alpha, generator=generator)
+
+
+def reduced_batch_moments(phi, sigma_x, sigma_eps, batch_size, *, even_fluctuations=None):
+    """The batch moments of the reduced stochastic map, Eqs. {eq}`ni-reduced-map`.
+
+    The odd moment is ``<x eps> = Phi sigma_x sigma_eps / sqrt(B)`` with ``Phi = phi`` (zero mean,
+    unit variance, Theorem 1); the even moments are frozen at ``sigma_x^2`` and ``sigma_eps^2`` as
+    in the paper. With ``even_fluctuations=(chi_x, chi_e)`` (unit normals) the even moments get
+    their Gaussian fluctuations of variance ``2 sigma^4 / B`` as well: the terms that the paper's
+    footnote 3 neglects.
+    """
+    root_b = math.sqrt(batch_size)
+    x2 = sigma_x**2 + 0 * phi
+    e2 = sigma_eps**2 + 0 * phi
+    xe = phi * sigma_x * sigma_eps / root_b
+    if even_fluctuations is not None:
+        chi_x, chi_e = even_fluctuations
+        x2 = x2 * (1 + math.sqrt(2.0) * chi_x / root_b)
+        e2 = e2 * (1 + math.sqrt(2.0) * chi_e / root_b)
+    return x2, xe, e2
+
+
+# --------------------------------------------------------------------------------------------------
+# The reduced map: coefficients, thresholds, time scales
+# --------------------------------------------------------------------------------------------------
+
+def reduced_map_coefficients(w0, w1, wn, eta, sigma_x=1.0, batch_size=1, target_slope=1.0, *,
+                             device=None, dtype=None):
+    """Coefficients of the reduced map, Eq. {eq}`ni-coefficients` (Eq. 6 of the paper, Phi = 1).
+
+    Returns a dict with ``A``, ``A_tilde``, ``B``, ``B_tilde``, ``C`` as printed (``A`` and
+    ``A_tilde`` are the coefficients of ``Phi``), and ``A_0``, ``C_0``: the same for the update of
+    ``w0`` that Eq. 5 leaves out, ``w0' = w0 + A_0 Phi sigma_eps - C_0``.
+    """
+    w0, w1, wn = (as_tensor(v, name, device=device, dtype=dtype)
+                  for v, name in ((w0, "w0"), (w1, "w1"), (wn, "wn")))
+    eta = check_positive(eta, "eta")
+    sigma_x = check_positive(sigma_x, "sigma_x")
+    check_count(batch_size, "batch_size")
+    r = w1 * w0 - target_slope
+    kick = eta * sigma_x / math.sqrt(batch_size)
+    return {
+        "A": kick * wn * (2 * w1 * w0 - target_slope),
+        "A_tilde": kick * w1 * r,
+        "B": eta * wn * wn,
+        "B_tilde": eta * w1 * w1,
+        "C": eta * r * w0 * sigma_x**2,
+        "A_0": kick * w1 * w1 * wn,
+        "C_0": eta * r * w1 * sigma_x**2,
+    }
+
+
+@dataclass
+class PhaseThresholds:
+    """Noise strengths that separate the phases of the toy model, Eq. {eq}`ni-thresholds`.
+
+    ``decoupled``: ``2 |A~_0| / (B~_0 |wn_0|)``, the paper's criterion with the factor ``1/|wn_0|``
+    it needs to be a noise strength; ``catapult = sqrt(min(2/B_0, 2/B~_0))`` and
+    ``divergent = sqrt(max(2/B_0, 2/B~_0))`` from the linear stability of Eq. 7.
+    """
+
+    decoupled: torch.Tensor
+    catapult: torch.Tensor
+    divergent: torch.Tensor
+
+
+def phase_thresholds(w0, w1, wn, eta, sigma_x=1.0, batch_size=1, target_slope=1.0, *, device=None,
+                     dtype=None) -> PhaseThresholds:
+    """The phase thresholds of Eq. {eq}`ni-thresholds` at the initial weights (vectorized)."""
+    c = reduced_map_coefficients(w0, w1, wn, eta, sigma_x, batch_size, target_slope, device=device,
+                                 dtype=dtype)
+    wn_size = as_tensor(wn, "wn", device=c["B"].device, dtype=c["B"].dtype).abs()
+    decoupled = 2 * c["A_tilde"].abs() / (c["B_tilde"] * wn_size)
+    first, second = 2 / c["B"], 2 / c["B_tilde"]
+    return PhaseThresholds(decoupled, torch.minimum(first, second).sqrt(),
+                           torch.maximum(first, second).sqrt())
+
+
+def decay_time_scales(w0, w1, sigma_x, sigma_eps, *, device=None, dtype=None):
+    """``(tau_noise, tau_loss)`` of Eq. {eq}`ni-time-scales`, in units of ``eta * steps``.
+
+    ``tau_noise = 1 / (sigma_eps^2 w1^2)`` and ``tau_loss = 1 / (2 sigma_x^2 (w0^2 + w1^2))``.
+    """
+    w0 = as_tensor(w0, "w0", device=device, dtype=dtype)
+    w1 = as_tensor(w1, "w1", device=device, dtype=dtype)
+    sigma_x = check_positive(sigma_x, "sigma_x")
+    sigma_eps = _nonnegative(sigma_eps, "sigma_eps", w0.device, w0.dtype)
+    return 1.0 / (sigma_eps**2 * w1 * w1), 1.0 / (2 * sigma_x**2 * (w0 * w0 + w1 * w1))
+
+
+def noise_dominated_divergence(w1, wn, eta, sigma_eps, *, n_steps=200, bound=1e6, device=None,
+                               dtype=None):
+    """Whether the noise-dominated map, Eq. {eq}`ni-noise-map`, diverges from ``(w1, wn)``.
+
+    Iterates ``w1 <- w1 (1 - eta sigma^2 wn^2)``, ``wn <- wn (1 - eta sigma^2 w1^2)`` (simultaneous
+    update) for ``n_steps`` steps and reports, per element, whether ``|w1| + |wn|`` exceeded
+    ``bound``. Linear stability predicts certain divergence above ``sigma_div`` and none below
+    ``sigma_cat``; between the two this decides.
+    """
+    w1 = as_tensor(w1, "w1", device=device, dtype=dtype)
+    wn = as_tensor(wn, "wn", device=device, dtype=dtype)
+    eta = check_positive(eta, "eta")
+    s2 = _nonnegative(sigma_eps, "sigma_eps", w1.device, w1.dtype) ** 2
+    w1, wn = torch.broadcast_tensors(w1 + 0 * s2, wn + 0 * s2)
+    diverged = torch.zeros(w1.shape, dtype=torch.bool, device=w1.device)
+    for _ in range(check_count(n_steps, "n_steps")):
+        w1, wn = w1 * (1 - eta * s2 * wn * wn), wn * (1 - eta * s2 * w1 * w1)
+        diverged |= ~((w1.abs() + wn.abs()) <= bound)
+        w1 = torch.where(diverged, torch.zeros_like(w1), w1)
+        wn = torch.where(diverged, torch.zeros_like(wn), wn)
+    return diverged
+
+
+def mean_map_trajectory(initial, eta, sigma_eps, n_steps, *, sigma_x=1.0, target_slope=1.0,
+                        bound=1e6, device=None, dtype=None):
+    """The reduced map of Eq. {eq}`ni-reduced-map` with ``Phi = 0``: the batch-averaged update.
+
+    ``initial = (w0, w1, wn)`` (broadcastable tensors), ``sigma_eps`` a number or a tensor of the
+    same shape. Returns ``(w0, w1, wn)`` stacked over time, each of shape ``(n_steps + 1, ...)``.
+    A run whose weights leave the ball of radius ``bound`` is clamped to ``bound`` in every weight
+    from then on, so ``|w| >= bound`` on the result marks divergence.
+    """
+    eta = check_positive(eta, "eta")
+    sigma_x = check_positive(sigma_x, "sigma_x")
+    check_count(n_steps, "n_steps", minimum=0)
+    state = [as_tensor(v, name, device=device, dtype=dtype)
+             for v, name in zip(initial, ("w0", "w1", "wn"), strict=True)]
+    s2 = _nonnegative(sigma_eps, "sigma_eps", state[0].device, state[0].dtype) ** 2
+    state = list(torch.broadcast_tensors(*state, s2))[:3]
+    moments = (sigma_x**2, 0.0, s2)
+    path = [torch.stack(state)]
+    for _ in range(n_steps):
+        new = torch.stack(toy_update(tuple(state), moments, eta, target_slope))
+        escaped = ~(new.abs().amax(0) <= bound)
+        new = torch.where(escaped, torch.full_like(new, bound), new)
+        state = list(new)
+        path.append(new)
+    path = torch.stack(path)
+    return path[:, 0], path[:, 1], path[:, 2]
+
+
+# --------------------------------------------------------------------------------------------------
+# Ensembles of the toy model
+# --------------------------------------------------------------------------------------------------
+
+def run_toy_sgd(initial, eta, sigma_eps, n_steps, *, sigma_x=1.0, batch_size=32, target_slope=1.0,
+                moments="wishart", nin="rerandomized", n_train=None, record=1, bound=1e6,
+                generator=None, device=None, dtype=None) -> EnsembleResult:
+    """An ensemble of toy-model SGD runs, one batched update per step.
+
+    ``initial = (w0, w1, wn)``, each of shape ``(R,)``; ``sigma_eps`` a number or a per-replica
+    tensor of shape ``(R,)``, so a sweep over noise strengths is one run. ``moments`` picks how a
+    step's batch is made:
+
+    * ``"samples"``: ``batch_size`` samples ``(x, eps)`` per replica, moments by
+      :func:`batch_moments` (exact minibatch SGD). With ``n_train=m`` each replica owns a training
+      set of ``m`` inputs drawn once and each step samples a batch from it; ``nin="fixed"`` also
+      draws each training sample's ``eps`` once, ``nin="rerandomized"`` afresh at every step.
+    * ``"wishart"``: fresh samples every step, moments drawn exactly by :func:`sample_batch_moments`
+      (the same law as ``"samples"`` without ``n_train``, at a cost free of ``batch_size``).
+    * ``"reduced"``: the reduced map of Eqs. 5-6 (plus the ``w0`` update), Eq. {eq}`ni-reduced-map`.
+    * ``"reduced_even"``: the reduced map with the even-moment fluctuations restored.
+
+    Records ``w0``, ``w1``, ``wn`` and the noise-free loss ``loss`` on the schedule ``record``;
+    replicas whose weights leave the ball of radius ``bound`` are flagged as diverged and frozen.
+    """
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    if moments not in MOMENT_MODES:
+        raise ValueError(f"moments={moments!r} must be one of {MOMENT_MODES}")
+    if nin not in NIN_MODES:
+        raise ValueError(f"nin={nin!r} must be one of {NIN_MODES}")
+    eta = check_positive(eta, "eta")
+    sigma_x = check_positive(sigma_x, "sigma_x")
+    check_count(batch_size, "batch_size")
+    if len(initial) != 3:
+        raise ValueError(f"initial must be (w0, w1, wn), got {len(initial)} tensors")
+    state = tuple(as_tensor(v, name, device=device, dtype=dtype).reshape(-1).clone()
+                  for v, name in zip(initial, ("w0", "w1", "wn"), strict=True))
+    n_rep = state[0].shape[0]
+    if any(s.shape != (n_rep,) for s in state):
+        shapes = [tuple(s.shape) for s in state]
+        raise ValueError(f"initial weights must share shape (R,); got {shapes}")
+    sigma_eps = _nonnegative(sigma_eps, "sigma_eps", device, dtype)
+    if sigma_eps.dim() > 0 and sigma_eps.shape != (n_rep,):
+        raise ValueError(f"sigma_eps has shape {tuple(sigma_eps.shape)}, expected () or ({n_rep},)")
+    if n_train is not None and moments != "samples":
+        raise ValueError(f"n_train={n_train!r} needs moments='samples', got moments={moments!r}")
+    if nin == "fixed" and n_train is None:
+        raise ValueError("nin='fixed' needs a fixed training set: pass n_train")
+    generator = make_generator(device=device) if generator is None else generator
+    options = dict(device=device, dtype=dtype)
+
+    if moments == "samples" and n_train is not None:
+        check_count(n_train, "n_train")
+        train_x = sigma_x * torch.randn(n_rep, n_train, generator=generator, **options)
+        train_eps = sigma_eps.reshape(-1, 1) * torch.randn(n_rep, n_train, generator=generator,
+                                                             **options)
+
+        def draw(gen):
+            index = torch.randint(n_train, (n_rep, batch_size), generator=gen, device=device)
+            x = train_x.gather(1, index)
+            if nin == "fixed":
+                eps = train_eps.gather(1, index)
+            else:
+                eps = sigma_eps.reshape(-1, 1) * torch.randn(n_rep, batch_size, generator=gen,
+                                                             **options)
+            return batch_moments(x, eps)
+    elif moments == "samples":
+        def draw(gen):
+            x = sigma_x * torch.randn(n_rep, batch_size, generator=gen, **options)
+            eps = sigma_eps.reshape(-1, 1) * torch.randn(n_rep, batch_size, generator=gen,
+                                                         **options)
+            return batch_moments(x, eps)
+    elif moments == "wishart":
+        def draw(gen):
+            return sample_batch_moments((n_rep,), batch_size, sigma_x, sigma_eps, gen, **options)
+    else:
+        even = moments == "reduced_even"
+
+        def draw(gen):
+            z = torch.randn(3 if even else 1, n_rep, generator=gen, **options)
+            return reduced_batch_moments(z[0], sigma_x, sigma_eps, batch_size,
+                                         even_fluctuations=(z[1], z[2]) if even else None)
+
+    def step(weights, gen):
+        return toy_update(weights, draw(gen), eta, target_slope)
+
+    def observe(weights):
+        w0, w1, wn = weights
+        return {"w0": w0, "w1": w1, "wn": wn,
+                "loss": toy_loss(w0, w1, wn, sigma_x**2, 0.0, 0.0, target_slope)}
+
+    return run_ensemble(step, state, n_steps, record=record, observe=observe, bound=bound,
+                        generator=generator)
+
+
+# --------------------------------------------------------------------------------------------------
+# A ReLU network with a noise injection node, batched over models
+# --------------------------------------------------------------------------------------------------
+
+def init_nin_mlp(n_models, d_in, width, d_out, *, nin_scale=1.0, generator=None, device=None,
+                 dtype=None) -> dict[str, torch.Tensor]:
+    """Parameters of ``n_models`` one-hidden-layer ReLU networks with a NIN on the hidden layer.
+
+    ``W0 ~ N(0, 1/d_in)`` (shape ``(n, d_in, width)``), ``W1 ~ N(0, 1/width)`` (``(n, width,
+    d_out)``), zero biases, and the NIN weights ``w_ni ~ N(0, nin_scale^2 / width)`` (shape
+    ``(n, width)``).
+    """
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    for value, name in ((n_models, "n_models"), (d_in, "d_in"), (width, "width"), (d_out, "d_out")):
+        check_count(value, name)
+    nin_scale = check_positive(nin_scale, "nin_scale")
+    generator = make_generator(device=device) if generator is None else generator
+    options = dict(generator=generator, device=device, dtype=dtype)
+    return {
+        "W0": torch.randn(n_models, d_in, width, **options) / math.sqrt(d_in),
+        "b0": torch.zeros(n_models, 1, width, device=device, dtype=dtype),
+        "w_ni": nin_scale * torch.randn(n_models, width, **options) / math.sqrt(width),
+        "W1": torch.randn(n_models, width, d_out, **options) / math.sqrt(width),
+        "b1": torch.zeros(n_models, 1, d_out, device=device, dtype=dtype),
+    }
+
+
+def nin_mlp_forward(params, x, eps):
+    """Outputs of the batched network: ``relu(x W0 + b0 + eps w_ni) W1 + b1``, Eq. {eq}`ni-mlp`.
+
+    ``x`` has shape ``(n_models, batch, d_in)`` (or ``(batch, d_in)``, shared by every model) and
+    ``eps`` ``(n_models, batch)``.
+    """
+    if x.dim() == 2:
+        z = torch.matmul(x, params["W0"])
+    else:
+        z = torch.bmm(x, params["W0"])
+    z = z + params["b0"] + eps.unsqueeze(-1) * params["w_ni"].unsqueeze(1)
+    return torch.bmm(torch.relu(z), params["W1"]) + params["b1"]
+
+
+def nin_mlp_loss(params, x, y_onehot, eps):
+    """Per-model squared error ``1/2 <||f(x, eps) - y||^2>_batch``, shape ``(n_models,)``."""
+    out = nin_mlp_forward(params, x, eps)
+    return 0.5 * (out - y_onehot).square().sum(-1).mean(-1)
+
+
+def nin_mlp_gradients(params, x, y_onehot, eps):
+    """Gradients of :func:`nin_mlp_loss` for every model at once (backpropagation written out).
+
+    ``x`` ``(n_models, batch, d_in)``, ``y_onehot`` ``(n_models, batch, d_out)``, ``eps``
+    ``(n_models, batch)``. Returns a dict with the keys of ``params``; the NIW gradient is
+    ``<eps * dL/dz>_batch``, the batch average of Eq. {eq}`ni-niw-update` before any expansion.
+    """
+    batch = x.shape[-2]
+    z = torch.bmm(x, params["W0"]) + params["b0"] + eps.unsqueeze(-1) * params["w_ni"].unsqueeze(1)
+    hidden = torch.relu(z)
+    residual = (torch.bmm(hidden, params["W1"]) + params["b1"] - y_onehot) / batch
+    dz = torch.bmm(residual, params["W1"].transpose(1, 2)) * (z > 0).to(z.dtype)
+    return {
+        "W0": torch.bmm(x.transpose(1, 2), dz),
+        "b0": dz.sum(1, keepdim=True),
+        "w_ni": (eps.unsqueeze(-1) * dz).sum(1),
+        "W1": torch.bmm(hidden.transpose(1, 2), residual),
+        "b1": residual.sum(1, keepdim=True),
+    }
+
+
+def nin_noise_hessian_rates(params, x):
+    """Linear-stability rates of the noise-dominated NIN dynamics in the network,
+    Eq. {eq}`ni-mlp-rates`.
+
+    Returns ``(b_ni, b_next)`` per model: ``b_ni = <|W1^T D u|^2>`` for the unit vector
+    ``u = w_ni/|w_ni|`` (the local Hessian along the NIN weights, the analogue of ``B~/eta``), and
+    ``b_next = <|D w_ni|^2>`` (the curvature the noise adds to the next layer, the analogue of
+    ``B/eta``), with ``D`` the ReLU mask at ``eps = 0``, averaged over the inputs ``x``.
+    """
+    with torch.no_grad():
+        z = torch.matmul(x, params["W0"]) + params["b0"]        # (n, N, width)
+        mask = (z > 0).to(z.dtype)
+        u = params["w_ni"] / params["w_ni"].norm(dim=-1, keepdim=True)
+        v = torch.bmm(mask * u.unsqueeze(1), params["W1"])       # (n, N, d_out)
+        b_ni = v.square().sum(-1).mean(-1)
+        b_next = (mask * params["w_ni"].unsqueeze(1)).square().sum(-1).mean(-1)
+    return b_ni, b_next
+
+
+def train_nin_mlp(params, x_train, y_train, x_test, y_test, sigma_eps, *, eta, batch_size,
+                  n_steps, record=50, n_classes=10, monitor=None, bound=1e8, generator=None):
+    """Train every model in ``params`` by plain SGD with its own noise strength, in one batched run.
+
+    ``sigma_eps`` has one entry per model (shape ``(n_models,)``): replicas and noise strengths
+    share the leading model axis. Each model draws its own minibatches and its own NIN values. The
+    losses are evaluated with ``eps = 0`` (the network as used) on ``x_test`` and on the first
+    ``monitor`` training samples (all of them by default).
+    Returns a dict of numpy arrays over the record steps: ``steps``, ``nin_norm``, ``next_norm``
+    (Frobenius norm of ``W1``), ``train_loss``, ``test_loss``, ``test_accuracy``, and ``diverged``
+    (per model, bool; a diverged model is frozen at its last good state).
+    """
+    n_models = params["W0"].shape[0]
+    device, dtype = params["W0"].device, params["W0"].dtype
+    eta = check_positive(eta, "eta")
+    check_count(batch_size, "batch_size")
+    check_count(n_steps, "n_steps")
+    sigma_eps = _nonnegative(sigma_eps, "sigma_eps", device, dtype).reshape(-1)
+    if sigma_eps.shape != (n_models,):
+        raise ValueError(f"sigma_eps has shape {tuple(sigma_eps.shape)}, expected ({n_models},)")
+    if x_train.shape[0] != y_train.shape[0] or x_test.shape[0] != y_test.shape[0]:
+        raise ValueError(f"x_train/y_train have {x_train.shape[0]}/{y_train.shape[0]} rows and "
+                         f"x_test/y_test {x_test.shape[0]}/{y_test.shape[0]}")
+    generator = make_generator(device=device) if generator is None else generator
+    y_train_hot = torch.nn.functional.one_hot(y_train, n_classes).to(dtype)
+    y_test_hot = torch.nn.functional.one_hot(y_test, n_classes).to(dtype)
+    names = ("W0", "b0", "w_ni", "W1", "b1")
+    state = tuple(params[k].clone() for k in names)
+    n_train = x_train.shape[0]
+    monitor = n_train if monitor is None else min(check_count(monitor, "monitor"), n_train)
+    no_noise = {n: torch.zeros(n_models, n, device=device, dtype=dtype)
+                for n in (monitor, x_test.shape[0])}
+
+    def step(current, gen):
+        p = dict(zip(names, current, strict=True))
+        index = torch.randint(n_train, (n_models, batch_size), generator=gen, device=device)
+        eps = sigma_eps.unsqueeze(1) * torch.randn(n_models, batch_size, generator=gen,
+                                                   device=device, dtype=dtype)
+        grads = nin_mlp_gradients(p, x_train[index], y_train_hot[index], eps)
+        return tuple(p[k] - eta * grads[k] for k in names)
+
+    def observe(current):
+        p = dict(zip(names, current, strict=True))
+        out = nin_mlp_forward(p, x_test, no_noise[x_test.shape[0]])
+        return {"nin_norm": p["w_ni"].norm(dim=-1), "next_norm": p["W1"].flatten(1).norm(dim=-1),
+                "train_loss": nin_mlp_loss(p, x_train[:monitor], y_train_hot[:monitor],
+                                           no_noise[monitor]),
+                "test_loss": 0.5 * (out - y_test_hot).square().sum(-1).mean(-1),
+                "test_accuracy": (out.argmax(-1) == y_test).to(dtype).mean(-1)}
+
+    result = run_ensemble(step, state, n_steps, record=record, observe=observe, bound=bound,
+                          generator=generator)
+    history = {name: value.cpu().numpy() for name, value in result.records.items()}
+    history["steps"] = result.steps
+    history["diverged"] = result.diverged.cpu().numpy()
+    return history
+
+
+def _nonnegative(value, name, device, dtype):
+    tensor = as_tensor(value, name, device=device, dtype=dtype)
+    if bool((tensor < 0).any()) or not bool(torch.isfinite(tensor).all()):
+        raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
+    return tensor
+
+
+__all__ = [
+    "MOMENT_MODES", "NIN_MODES", "PhaseThresholds", "batch_moments", "decay_time_scales",
+    "init_nin_mlp", "mean_map_trajectory", "nin_mlp_forward", "nin_mlp_gradients", "nin_mlp_loss",
+    "nin_noise_hessian_rates", "noise_dominated_divergence", "phase_thresholds",
+    "reduced_batch_moments", "reduced_map_coefficients", "run_toy_sgd", "sample_batch_moments",
+    "toy_gradients", "toy_loss", "toy_update", "train_nin_mlp",
+]

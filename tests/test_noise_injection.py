@@ -1,0 +1,188 @@
+"""Unit tests of learndyn.noise_injection (chapter "Noise injection nodes")."""
+
+import math
+
+import pytest
+import torch
+
+from learndyn import noise_injection as ni
+from learndyn.backend import make_generator
+
+F64 = torch.float64
+
+
+def _weights(n, device, seed=0):
+    g = make_generator(seed, device=device)
+    return tuple(1 + 0.3 * torch.randn(n, generator=g, device=device, dtype=F64) for _ in range(3))
+
+
+def test_gradients_match_autograd_of_the_per_sample_loss(device):
+    g = make_generator(1, device=device)
+    w0, w1, wn = (torch.randn(5, 1, generator=g, device=device, dtype=F64).requires_grad_(True)
+                  for _ in range(3))
+    x = torch.randn(5, 7, generator=g, device=device, dtype=F64)
+    eps = 0.8 * torch.randn(5, 7, generator=g, device=device, dtype=F64)
+    target = 1.3
+    loss = 0.5 * ((w1 * (w0 * x + wn * eps) - target * x) ** 2).mean(-1).sum()
+    expected = torch.autograd.grad(loss, (w0, w1, wn))
+    moments = ni.batch_moments(x, eps)
+    got = ni.toy_gradients(w0.detach()[:, 0], w1.detach()[:, 0], wn.detach()[:, 0], *moments,
+                           target_slope=target)
+    for e, g_ in zip(expected, got, strict=True):
+        torch.testing.assert_close(g_, e[:, 0], rtol=1e-12, atol=1e-12)
+    # the batch loss in moments equals the per-sample average
+    per_sample = 0.5 * ((w1 * (w0 * x + wn * eps) - target * x) ** 2).mean(-1).detach()
+    in_moments = ni.toy_loss(w0.detach()[:, 0], w1.detach()[:, 0], wn.detach()[:, 0], *moments,
+                             target_slope=target)
+    torch.testing.assert_close(in_moments, per_sample, rtol=1e-12, atol=1e-12)
+
+
+def test_wishart_moments_have_the_law_of_sample_moments(device):
+    n, batch, sx, se = 200_000, 5, 1.3, 0.7
+    g = make_generator(2, device=device)
+    x2, xe, e2 = ni.sample_batch_moments((n,), batch, sx, se, g, device=device)
+    for value, mean, var in ((x2, sx**2, 2 * sx**4 / batch), (e2, se**2, 2 * se**4 / batch),
+                             (xe, 0.0, sx**2 * se**2 / batch)):
+        assert abs(float(value.mean()) - mean) < 5 * math.sqrt(var / n)
+        # variance of a sample variance ~ (kappa4 + 2 var^2) / n; kappa4 <= 12 var^2 here
+        assert abs(float(value.var()) - var) < 5 * math.sqrt(14 * var**2 / n)
+    # uncorrelated, as for Gaussian samples
+    assert abs(float(torch.corrcoef(torch.stack([x2, xe, e2]))[0, 1])) < 5 / math.sqrt(n)
+
+
+def test_wishart_and_sample_runs_agree_in_distribution(device):
+    n = 4000
+    init = tuple(torch.full((n,), v, device=device, dtype=F64) for v in (1.5, 1.0, 0.5))
+    finals = []
+    for k, mode in enumerate(("samples", "wishart")):
+        run = ni.run_toy_sgd(init, 0.05, 0.8, 20, batch_size=8, moments=mode, record=[20],
+                             generator=make_generator(10 + k, device=device), device=device)
+        finals.append(torch.stack([run.records[w][-1] for w in ("w0", "w1", "wn")]))
+    for a, b in zip(*finals, strict=True):
+        se = math.sqrt((a.var() + b.var()) / n)
+        assert abs(float(a.mean() - b.mean())) < 5 * se
+
+
+def test_reduced_map_has_the_printed_coefficients(device):
+    w0, w1, wn = _weights(50, device)
+    eta, sx, batch, target, sigma = 0.02, 1.4, 16, 0.9, 0.6
+    phi = torch.randn(50, generator=make_generator(3, device=device), device=device, dtype=F64)
+    moments = ni.reduced_batch_moments(phi, sx, sigma, batch)
+    new = ni.toy_update((w0, w1, wn), moments, eta, target)
+    c = ni.reduced_map_coefficients(w0, w1, wn, eta, sx, batch, target, device=device)
+    # Eqs. 5-6 with Phi -> -Phi (the step subtracts the gradient)
+    kick = phi * sigma
+    torch.testing.assert_close(new[1], -c["A"] * kick + w1 * (1 - c["B"] * sigma**2) - c["C"])
+    torch.testing.assert_close(new[2], -c["A_tilde"] * kick + wn * (1 - c["B_tilde"] * sigma**2))
+    torch.testing.assert_close(new[0], -c["A_0"] * phi * sigma + w0 - c["C_0"])
+
+
+def test_thresholds_and_time_scales(device):
+    th = ni.phase_thresholds(1.5, 2.0, 0.5, eta=0.01, sigma_x=1.0, batch_size=4, device=device)
+    assert math.isclose(float(th.catapult), math.sqrt(2 / (0.01 * 4.0)), rel_tol=1e-12)
+    assert math.isclose(float(th.divergent), math.sqrt(2 / (0.01 * 0.25)), rel_tol=1e-12)
+    a_tilde = 0.01 * 1.0 / 2 * 2.0 * (3.0 - 1.0)
+    assert math.isclose(float(th.decoupled), 2 * a_tilde / (0.01 * 4.0 * 0.5), rel_tol=1e-12)
+    tau_noise, tau_loss = ni.decay_time_scales(1.5, 2.0, 1.0, 0.5, device=device)
+    assert math.isclose(float(tau_noise), 1 / (0.25 * 4.0), rel_tol=1e-12)
+    assert math.isclose(float(tau_loss), 1 / (2 * (2.25 + 4.0)), rel_tol=1e-12)
+
+
+def test_noise_map_divergence_brackets_linear_stability(device):
+    w1 = torch.full((3,), 1.0, device=device, dtype=F64)
+    wn = torch.full((3,), 0.1, device=device, dtype=F64)
+    sigma = torch.tensor([10.0, 13.0, 200.0], device=device, dtype=F64)   # cat = 14.1, div = 141
+    diverged = ni.noise_dominated_divergence(w1, wn, 0.01, sigma)
+    assert diverged.tolist() == [False, False, True]
+    path = ni.mean_map_trajectory((1.5, 1.0, 0.1), 0.01, sigma, 50, device=device)
+    assert path[2].shape == (51, 3)
+    assert float(path[2][-1, 0].abs()) < 0.1 and float(path[1][-1, 2].abs()) >= 1e6
+
+
+def test_fixed_nin_reuses_noise_and_runs(device):
+    n = 64
+    init = tuple(torch.full((n,), v, device=device, dtype=F64) for v in (1.5, 1.0, 0.5))
+    sigma = torch.linspace(0.5, 2.0, n, device=device, dtype=F64)
+    for nin in ni.NIN_MODES:
+        run = ni.run_toy_sgd(init, 0.05, sigma, 30, batch_size=8, moments="samples", nin=nin,
+                             n_train=32, record=10, generator=make_generator(5, device=device),
+                             device=device)
+        assert run.records["wn"].shape == (4, n)
+        assert float((run.records["wn"][-1].abs() < 0.5).float().mean()) == 1.0
+
+
+def test_divergence_is_data_not_an_error(device):
+    init = tuple(torch.full((4,), v, device=device, dtype=F64) for v in (1.5, 1.0, 0.1))
+    run = ni.run_toy_sgd(init, 0.01, 300.0, 50, batch_size=64, record=10, device=device)
+    assert bool(run.diverged.all())
+
+
+def test_mlp_gradients_match_autograd(device):
+    g = make_generator(6, device=device)
+    params = ni.init_nin_mlp(3, 5, 7, 4, generator=g, device=device)
+    x = torch.randn(3, 6, 5, generator=g, device=device, dtype=F64)
+    y = torch.randn(3, 6, 4, generator=g, device=device, dtype=F64)
+    eps = torch.randn(3, 6, generator=g, device=device, dtype=F64)
+    leaves = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    expected = torch.autograd.grad(ni.nin_mlp_loss(leaves, x, y, eps).sum(), list(leaves.values()))
+    got = ni.nin_mlp_gradients(params, x, y, eps)
+    for name, e in zip(leaves, expected, strict=True):
+        torch.testing.assert_close(got[name], e, rtol=1e-12, atol=1e-12)
+
+
+def test_mlp_models_are_independent(device):
+    """Training a batch of models equals training each one alone (same random draws)."""
+    g = make_generator(7, device=device)
+    x = torch.randn(40, 6, generator=g, device=device, dtype=F64)
+    y = torch.randint(3, (40,), generator=g, device=device)
+    params = ni.init_nin_mlp(2, 6, 5, 3, generator=g, device=device)
+    sigma = torch.tensor([0.0, 0.0], device=device, dtype=F64)
+    both = ni.train_nin_mlp(params, x, y, x[:10], y[:10], sigma, eta=0.1, batch_size=40,
+                            n_steps=5, record=5, n_classes=3,
+                            generator=make_generator(8, device=device))
+    # with sigma = 0 and full-batch draws (with replacement) the two copies of model 0 must agree
+    twin = {k: v[[0, 0]].clone() for k, v in params.items()}
+    again = ni.train_nin_mlp(twin, x, y, x[:10], y[:10], sigma, eta=0.1, batch_size=40, n_steps=5,
+                             record=5, n_classes=3, generator=make_generator(8, device=device))
+    assert again["test_loss"].shape == (2, 2)
+    assert abs(again["test_loss"][0, 0] - both["test_loss"][0, 0]) < 1e-12
+    assert not both["diverged"].any()
+
+
+def test_bad_input_names_the_argument(device):
+    w = torch.ones(4, device=device, dtype=F64)
+    with pytest.raises(ValueError, match="sigma_eps"):
+        ni.run_toy_sgd((w, w, w), 0.1, -1.0, 5, device=device)
+    with pytest.raises(ValueError, match="eta"):
+        ni.run_toy_sgd((w, w, w), 0.0, 1.0, 5, device=device)
+    with pytest.raises(ValueError, match="moments"):
+        ni.run_toy_sgd((w, w, w), 0.1, 1.0, 5, moments="exact", device=device)
+    with pytest.raises(ValueError, match="n_train"):
+        ni.run_toy_sgd((w, w, w), 0.1, 1.0, 5, nin="fixed", moments="samples", device=device)
+    with pytest.raises(ValueError, match="initial"):
+        ni.run_toy_sgd((w, w[:2], w), 0.1, 1.0, 5, device=device)
+    with pytest.raises(ValueError, match="sigma_eps"):
+        ni.run_toy_sgd((w, w, w), 0.1, torch.ones(3), 5, device=device)
+    with pytest.raises(ValueError, match="w0"):
+        ni.reduced_map_coefficients(float("nan"), 1.0, 1.0, 0.1, device=device)
+    with pytest.raises(ValueError, match="batch_size"):
+        ni.sample_batch_moments((3,), 0, 1.0, 1.0, device=device)
+    with pytest.raises(ValueError, match="sigma_x"):
+        ni.decay_time_scales(1.0, 1.0, -1.0, 1.0, device=device)
+    with pytest.raises(ValueError, match="shape"):
+        ni.batch_moments(torch.ones(3, 4), torch.ones(3, 5))
+    params = ni.init_nin_mlp(2, 3, 4, 2, device=device)
+    with pytest.raises(ValueError, match="sigma_eps"):
+        ni.train_nin_mlp(params, torch.ones(5, 3, device=device, dtype=F64),
+                         torch.zeros(5, dtype=torch.long, device=device),
+                         torch.ones(5, 3, device=device, dtype=F64),
+                         torch.zeros(5, dtype=torch.long, device=device),
+                         torch.ones(3, device=device, dtype=F64), eta=0.1, batch_size=2, n_steps=2,
+                         n_classes=2)
+
+
+def test_wishart_moments_of_a_single_sample_are_rank_one(device):
+    """With |B| = 1 the moment matrix is x x^T: <x eps>^2 = <x^2> <eps^2> exactly."""
+    x2, xe, e2 = ni.sample_batch_moments((1000,), 1, 1.2, 0.4,
+                                         make_generator(9, device=device), device=device)
+    torch.testing.assert_close(xe * xe, x2 * e2, rtol=1e-12, atol=1e-15)
