@@ -1,0 +1,132 @@
+"""Owen's T function and the Gaussian expectations of chapter 3 (learndyn.gaussian)."""
+
+import math
+
+import mpmath
+import numpy as np
+import pytest
+import scipy.special
+import torch
+from scipy.integrate import quad
+
+from learndyn.gaussian import (
+    expected_cdf,
+    expected_cdf_pdf,
+    expected_cdf_squared,
+    expected_cdf_squared_times_input,
+    expected_cdf_times_input,
+    normal_cdf,
+    normal_pdf,
+    owens_t,
+)
+
+# The reference: the defining integral (3.21) after x = tan(theta), i.e.
+# T(h, a) = 1/(2 pi) int_0^atan(a) exp(-h^2 / (2 cos^2 theta)) d theta, a smooth integrand on a
+# finite interval for every a, by mpmath's tanh-sinh quadrature at 30 digits; T(h, +-inf) exactly.
+H_GRID = [0.0, 1e-12, 0.1, 0.5, 1.0, 2.0, 3.0, 4.5, 6.0, 8.0, 12.0, 40.0, -0.7, -5.0]
+A_GRID = [0.0, 1e-14, 0.1, 0.5, 0.999, 1.0, 1.0 + 1e-12, 1.2, 3.0, 25.0, 1e6, 1e15, math.inf,
+          -0.3, -1.0, -7.0, -math.inf]
+
+
+def mpmath_owens_t(h: float, a: float) -> float:
+    with mpmath.workdps(30):
+        h_mp = mpmath.mpf(h)
+        if math.isinf(a):
+            return float(math.copysign(1, a) * mpmath.ncdf(-abs(h_mp)) / 2)
+        angle = mpmath.atan(mpmath.mpf(a))
+        integral = mpmath.quad(lambda t: mpmath.exp(-h_mp**2 / (2 * mpmath.cos(t) ** 2)),
+                               [0, angle])
+        return float(integral / (2 * mpmath.pi))
+
+
+@pytest.fixture(scope="module")
+def reference_grid():
+    h, a = np.meshgrid(H_GRID, A_GRID)
+    h, a = h.ravel(), a.ravel()
+    return h, a, np.array([mpmath_owens_t(x, y) for x, y in zip(h, a, strict=True)])
+
+
+def test_owens_t_matches_mpmath_on_the_hard_corners(reference_grid, device):
+    h, a, expected = reference_grid
+    got = owens_t(torch.tensor(h, device=device), torch.tensor(a, device=device)).cpu().numpy()
+    assert np.abs(got - expected).max() < 1e-13
+
+
+def test_owens_t_matches_scipy_on_random_points(device):
+    rng = np.random.default_rng(0)
+    h, a = rng.normal(0, 4, 200_000), rng.standard_cauchy(200_000)
+    got = owens_t(torch.tensor(h, device=device), torch.tensor(a, device=device)).cpu().numpy()
+    assert np.abs(got - scipy.special.owens_t(h, a)).max() < 1e-13
+
+
+def test_owens_t_special_values_and_symmetries():
+    h = torch.linspace(-6, 6, 101, dtype=torch.float64)
+    a = torch.linspace(-9, 9, 101, dtype=torch.float64)
+    assert torch.equal(owens_t(h, 0.0), torch.zeros_like(h))
+    torch.testing.assert_close(owens_t(0.0, a), torch.atan(a) / (2 * math.pi), rtol=0, atol=1e-16)
+    torch.testing.assert_close(owens_t(-h, a), owens_t(h, a), rtol=0, atol=0)
+    torch.testing.assert_close(owens_t(h, -a), -owens_t(h, a), rtol=0, atol=0)
+    # T(h, 1) = Phi(h) (1 - Phi(h)) / 2
+    torch.testing.assert_close(owens_t(h, 1.0), normal_cdf(h) * normal_cdf(-h) / 2,
+                               rtol=0, atol=1e-16)
+    assert owens_t(0.0, math.inf).item() == pytest.approx(0.25, abs=1e-16)
+
+
+def test_owens_t_propagates_nan_and_broadcasts():
+    out = owens_t(torch.tensor([math.nan, 1.0, math.nan]), torch.tensor([0.5, math.nan, math.inf]))
+    assert torch.isnan(out).all()
+    assert owens_t(torch.zeros(3, 1), torch.ones(4)).shape == (3, 4)
+    assert owens_t(1.0, 2.0).dtype == torch.float64
+
+
+def test_owens_t_derivatives_by_autograd():
+    h = torch.tensor([-2.0, -0.3, 0.0, 0.4, 1.5, 3.0], dtype=torch.float64, requires_grad=True)
+    a = torch.tensor([0.0, 0.6, -1.0, 2.5, -7.0, 0.9], dtype=torch.float64, requires_grad=True)
+    grad_h, grad_a = torch.autograd.grad(owens_t(h, a).sum(), (h, a))
+    h, a = h.detach(), a.detach()
+    torch.testing.assert_close(grad_h, -normal_pdf(h) * (normal_cdf(a * h) - 0.5),
+                               rtol=0, atol=1e-15)
+    expected_a = torch.exp(-h * h * (1 + a * a) / 2) / (2 * math.pi * (1 + a * a))
+    torch.testing.assert_close(grad_a, expected_a, rtol=0, atol=1e-15)
+    torch.autograd.gradgradcheck(owens_t, (h.clone().requires_grad_(), a.clone().requires_grad_()))
+
+
+@pytest.mark.parametrize(("a", "b"), [(0.0, 0.5), (0.7, 1.3), (-1.1, 0.2), (2.0, 3.0)])
+def test_one_dimensional_expectations_against_quadrature(a, b):
+    a_t, b2 = torch.tensor(a, dtype=torch.float64), torch.tensor(b * b, dtype=torch.float64)
+
+    def average(g):
+        return quad(lambda u: g(a + b * u) * math.exp(-u * u / 2) / math.sqrt(2 * math.pi),
+                    -np.inf, np.inf, epsabs=1e-14, epsrel=1e-13)[0]
+
+    cdf = scipy.special.ndtr
+    pdf = lambda z: math.exp(-z * z / 2) / math.sqrt(2 * math.pi)  # noqa: E731
+    assert expected_cdf(a_t, b2).item() == pytest.approx(average(cdf), abs=1e-12)
+    assert expected_cdf_squared(a_t, b2).item() == pytest.approx(average(lambda z: cdf(z) ** 2),
+                                                                 abs=1e-12)
+    assert expected_cdf_pdf(a_t, b2).item() == pytest.approx(average(lambda z: cdf(z) * pdf(z)),
+                                                             abs=1e-12)
+
+
+def test_vector_expectations_against_monte_carlo(device):
+    generator = torch.Generator(device=device).manual_seed(3)
+    n, samples = 3, 400_000
+    mean = torch.tensor([0.4, -0.2, 0.9], dtype=torch.float64, device=device)
+    root = torch.tensor([[1.0, 0.0, 0.0], [0.3, 0.8, 0.0], [-0.2, 0.1, 0.5]], dtype=torch.float64,
+                        device=device)
+    v = torch.tensor([[0.7, -1.1, 0.4], [0.0, 0.2, -0.3]], dtype=torch.float64, device=device)
+    normals = torch.randn(samples, n, generator=generator, dtype=torch.float64, device=device)
+    x = mean + normals @ root.T
+    for kernel, power in ((expected_cdf_times_input, 1), (expected_cdf_squared_times_input, 2)):
+        values = normal_cdf(x @ v.T) ** power  # (samples, 2)
+        products = values[:, :, None] * x[:, None, :]
+        estimate, error = products.mean(0), products.std(0) / math.sqrt(samples)
+        # 6 standard errors for 12 simultaneous comparisons
+        assert ((kernel(v, mean, root @ root.T) - estimate).abs() < 6 * error).all()
+
+
+def test_bad_input_names_the_argument():
+    with pytest.raises(ValueError, match="h"):
+        owens_t("text", 1.0)
+    with pytest.raises(ValueError, match="a"):
+        owens_t(1.0, [[1.0, "x"]])

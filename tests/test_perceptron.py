@@ -1,0 +1,155 @@
+"""The perceptron kernels of chapter 3 (learndyn.perceptron)."""
+
+import math
+
+import pytest
+import torch
+
+from learndyn.flows import integrate_moments
+from learndyn.perceptron import (
+    RULES,
+    GaussianClasses,
+    fixed_point_norm,
+    gaussian_accuracy,
+    isotropic_flow,
+    learning_step,
+    mean_update,
+    rl_step,
+    simulate,
+    sl_step,
+    symmetric_mean_update,
+    symmetric_step,
+)
+
+F64 = torch.float64
+
+
+def anisotropic_classes(device):
+    mu = torch.tensor([1.0, 0.3, -0.2], dtype=F64, device=device)
+    root = torch.tensor([[1.0, 0.0, 0.0], [0.4, 0.7, 0.0], [-0.3, 0.2, 0.6]], dtype=F64,
+                        device=device)
+    return GaussianClasses.make(mu, -0.7 * mu, root @ root.T, 0.5 * root @ root.T + 0.1 *
+                                torch.eye(3, dtype=F64, device=device))
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_mean_update_matches_the_average_update(rule, device):
+    classes = anisotropic_classes(device)
+    w = torch.tensor([0.8, -0.5, 1.2], dtype=F64, device=device)
+    samples = 400_000
+    generator = torch.Generator(device=device).manual_seed(11)
+    normals = torch.randn(samples, 5, generator=generator, dtype=F64, device=device)
+    replicas = w.expand(samples, 3)
+    if rule == "sl":
+        updates = sl_step(replicas, normals[:, :4], classes, 1.0, 0.2) - replicas
+    else:
+        updates = rl_step(replicas, normals, classes, 1.0, 0.2) - replicas
+    error = updates.std(0) / math.sqrt(samples)
+    # 5 standard errors for 3 components
+    assert ((updates.mean(0) - mean_update(w, classes, 0.2, rule)).abs() < 5 * error).all()
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_reductions_agree_with_the_general_flow(rule):
+    mu = torch.tensor([1.0, 0.3, -0.2], dtype=F64)
+    var = torch.tensor([0.5, 1.5, 2.0], dtype=F64)
+    w = torch.tensor([[0.8, -0.5, 1.2], [0.1, 0.0, 2.0]], dtype=F64)
+    classes = GaussianClasses.make(mu, -mu, torch.diag(var))
+    torch.testing.assert_close(symmetric_mean_update(w, mu, var, 0.1, rule),
+                               mean_update(w, classes, 0.1, rule), rtol=1e-13, atol=1e-15)
+    sigma = 0.7
+    update = symmetric_mean_update(w, mu, torch.full((3,), sigma**2, dtype=F64), 0.1, rule)
+    dm, dq = isotropic_flow(w @ mu, (w * w).sum(-1), sigma, mu @ mu, 0.1, rule)
+    torch.testing.assert_close(dm, update @ mu, rtol=1e-13, atol=1e-15)
+    torch.testing.assert_close(dq, 2 * (update * w).sum(-1), rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("sigmoid", ["erf", "logistic"])
+def test_isotropic_fast_path_equals_the_generic_step(rule, sigmoid):
+    mu = torch.tensor([1.0, 0.3, -0.2], dtype=F64)
+    fast = GaussianClasses.make(mu, -0.5 * mu, 0.49, 0.25)
+    generic = GaussianClasses.make(mu, -0.5 * mu, 0.49 * torch.eye(3, dtype=F64) + 1e-300,
+                                   0.25 * torch.eye(3, dtype=F64))
+    assert fast.isotropic and not generic.isotropic
+    generator = torch.Generator().manual_seed(5)
+    w = torch.randn(64, 3, generator=generator, dtype=F64)
+    normals = torch.randn(64, 5, generator=generator, dtype=F64)
+    normals = normals if rule == "rl" else normals[:, :4]
+    torch.testing.assert_close(learning_step(fast, 0.1, 0.3, rule, sigmoid)(w, normals),
+                               learning_step(generic, 0.1, 0.3, rule, sigmoid)(w, normals),
+                               rtol=1e-14, atol=1e-14)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_fixed_point_is_a_zero_of_the_flow(rule):
+    cases = ((0.0, 0.1), (0.5, 0.0), (1.0, 0.3)) if rule == "sl" else ((0.0, 0.1), (1.0, 0.3))
+    for sigma, lam in cases:
+        r = torch.tensor(fixed_point_norm(sigma, lam, rule), dtype=F64)
+        w = torch.stack([r, torch.zeros((), dtype=F64)])
+        update = symmetric_mean_update(w, torch.tensor([1.0, 0.0], dtype=F64),
+                                       torch.full((2,), sigma**2, dtype=F64), lam, rule)
+        assert update.abs().max() < 1e-12
+    with pytest.raises(ValueError, match="lam=0"):
+        fixed_point_norm(0.0 if rule == "sl" else 0.5, 0.0, rule)
+
+
+def test_simulate_records_the_ensemble_and_covariance_flow_runs():
+    classes = GaussianClasses.make([1.0, 0.0], [-1.0, 0.0], 0.25)
+    w0 = torch.zeros(16, 2, dtype=F64)
+    result = simulate(classes, w0, 0.01, 50, rule="rl", record=10,
+                      generator=torch.Generator().manual_seed(0))
+    assert result.records["state"].shape == (6, 16, 2)
+    means, covs = integrate_moments(lambda w: mean_update(w, classes, 0.1, "rl"), [0.1, 0.2],
+                                    0.01 * torch.eye(2, dtype=F64), [0.0, 0.5, 1.0])
+    assert covs.shape == (3, 2, 2) and torch.isfinite(means).all()
+    assert torch.trace(covs[-1]) < torch.trace(covs[0])
+
+
+def test_gaussian_accuracy_against_monte_carlo():
+    classes = anisotropic_classes("cpu")
+    w = torch.tensor([0.8, -0.5, 1.2], dtype=F64)
+    generator = torch.Generator().manual_seed(2)
+    samples = 400_000
+    x, y = classes.sample(torch.randn(samples, 4, generator=generator, dtype=F64))
+    correct = ((x @ w).sign() == y).to(F64)
+    error = correct.std() / math.sqrt(samples)
+    assert abs(correct.mean() - gaussian_accuracy(w, classes)) < 5 * error
+
+
+def test_bad_input_raises_value_errors_naming_the_argument():
+    with pytest.raises(ValueError, match="cov_plus"):
+        GaussianClasses.make([1.0, 0.0], [-1.0, 0.0], [[1.0, 2.0], [2.0, 1.0]])
+    with pytest.raises(ValueError, match="mu_minus"):
+        GaussianClasses.make([1.0, 0.0], [-1.0, 0.0, 0.0], 1.0)
+    with pytest.raises(ValueError, match="cov_minus"):
+        GaussianClasses.make([1.0, 0.0], [-1.0, 0.0], 1.0, -2.0)
+    classes = GaussianClasses.make([1.0, 0.0], [-1.0, 0.0], 1.0)
+    with pytest.raises(ValueError, match="rule"):
+        mean_update(torch.zeros(2, dtype=F64), classes, 0.0, "hebb")
+    with pytest.raises(ValueError, match="lam"):
+        mean_update(torch.zeros(2, dtype=F64), classes, -1.0)
+    with pytest.raises(ValueError, match="w0"):
+        simulate(classes, torch.zeros(4, 3), 0.1, 5)
+    with pytest.raises(ValueError, match="eta"):
+        simulate(classes, torch.zeros(4, 2), -0.1, 5)
+    with pytest.raises(ValueError, match="sigmoid"):
+        learning_step(classes, 0.1, sigmoid="tanh")
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_symmetric_step_matches_the_class_based_step(rule):
+    mu = torch.tensor([0.6, -0.8, 0.1], dtype=F64)
+    classes = GaussianClasses.make(mu, -mu, 0.3**2)
+    generator = torch.Generator().manual_seed(7)
+    w = torch.randn(32, 3, generator=generator, dtype=F64)
+    normals = torch.randn(32, 5, generator=generator, dtype=F64)
+    normals = normals if rule == "rl" else normals[:, :4]
+    lam = torch.full((32, 1), 0.2, dtype=F64)
+    torch.testing.assert_close(symmetric_step(mu, 0.3, 0.05, lam, rule)(w, normals),
+                               learning_step(classes, 0.05, 0.2, rule)(w, normals),
+                               rtol=1e-13, atol=1e-14)
+    with pytest.raises(ValueError, match="std"):
+        symmetric_step(mu, -1.0, 0.05)
+    with pytest.raises(ValueError, match="lam"):
+        symmetric_step(mu, 0.3, 0.05, torch.tensor([-0.1]))
