@@ -4,36 +4,45 @@ Figures, all in replica-steps per second at R = 1024:
 - the engine (``run_ensemble`` with ``sl_step``, noise drawn in chunks) against the naive alternative,
   one ``nn.Module`` and one ``torch.optim.SGD`` per replica in a Python loop;
 - the engine against the bound set by its random numbers alone: ``torch.randn`` of the same shapes.
+
+Both run on one CPU thread (see ``bench.common.threads``).
 """
 
 import torch
 
-from bench.common import Comparison, seconds_per_call
+from bench.common import Comparison, seconds_per_call, threads
 from learndyn.backend import make_generator
 from learndyn.ensemble import run_ensemble
 from learndyn.gaussian import erf_sigmoid
-from learndyn.perceptron import GaussianClasses, sl_step
+from learndyn.perceptron import GaussianClasses, sl_update
 
 N_REPLICAS, N_STEPS, CHUNK, ETA, LAM = 1024, 512, 256, 0.01, 0.1
 
 
 def run(device):
+    with threads(1):
+        return _run(device)
+
+
+def _run(device):
     dtype = torch.float64
     classes = GaussianClasses.make([1.0, 0.5], [-1.0, 0.0], [[0.6, 0.3], [0.3, 0.5]],
                                    [[0.3, 0.0], [0.0, 1.0]], device=device)
     generator = make_generator(0, device=device)
     w0 = torch.zeros(N_REPLICAS, 2, dtype=dtype, device=device)
 
-    def noise(k, gen):
+    def normals(k, gen):
         return torch.randn(k, N_REPLICAS, 3, generator=gen, dtype=dtype, device=device)
 
     def engine():
-        run_ensemble(lambda w, z: sl_step(w, z, classes, ETA, LAM), w0, N_STEPS, record=N_STEPS,
-                     noise=noise, noise_chunk=CHUNK, generator=generator)
+        # the inputs and labels of a chunk of steps are drawn at once; each step only updates
+        run_ensemble(lambda w, xy: sl_update(w, *xy, ETA, LAM), w0, N_STEPS, record=N_STEPS,
+                     noise=lambda k, gen: classes.sample(normals(k, gen)), noise_chunk=CHUNK,
+                     generator=generator)
 
     def sampling_only():
         for _ in range(N_STEPS // CHUNK):
-            noise(CHUNK, generator)
+            normals(CHUNK, generator)
 
     engine_rate = N_REPLICAS * N_STEPS / seconds_per_call(engine, device=device)
     bound_rate = N_REPLICAS * N_STEPS / seconds_per_call(sampling_only, device=device)

@@ -111,9 +111,19 @@ def sl_step(w: torch.Tensor, normals: torch.Tensor, classes: GaussianClasses, et
             lam: float = 0.0, sigmoid: str = "erf") -> torch.Tensor:
     """One online SL update (3.12) of every replica: ``w`` (R, n), ``normals`` (R, n + 1)."""
     x, y = classes.sample(normals)
-    output = SIGMOIDS[sigmoid]((w * x).sum(-1))
-    error = 0.5 * (y + 1) - output
-    return w + eta * (error[..., None] * x - lam * w)
+    return sl_update(w, x, y, eta, lam, sigmoid)
+
+
+def sl_update(w: torch.Tensor, x: torch.Tensor, y: torch.Tensor, eta: float, lam: float = 0.0,
+              sigmoid: str = "erf") -> torch.Tensor:
+    """The SL update (3.12) from drawn inputs ``x`` (R, n) and labels ``y`` (R,) of +-1.
+
+    Drawing the inputs of many steps at once (``classes.sample`` on normals of shape (k, R, n + 1),
+    as the ``noise`` sampler of :func:`learndyn.ensemble.run_ensemble`) leaves this as the whole
+    per-step work: a dot product, the sigmoid and one fused multiply-add.
+    """
+    error = 0.5 * (y + 1) - SIGMOIDS[sigmoid](torch.linalg.vecdot(w, x))
+    return torch.addcmul(w * (1.0 - eta * lam), x, error[..., None], value=eta)
 
 
 def sl_noise_covariance(w: torch.Tensor, classes: GaussianClasses, lam: float = 0.0,
