@@ -191,13 +191,19 @@ def static_kernels(x1, x2, *, weight_variance: float, activation: str = "relu", 
     NNGP: w K^L with C = w (chapter 5 Eq. {eq}`ndk-nngp-kernel`; w = sigma^2 gives K_GP). NTK: the NDK
     at t = t' = 0 (Eq. {eq}`ndk-ntk-recursion`; w = sigma_0^2 gives K_NTK).
     """
-    device, dtype = resolve_device(device), resolve_dtype(dtype)
-    weight_variance = check_positive(weight_variance, "weight_variance")
-    x1, x2 = _inputs(x1, "x1", device, dtype), _inputs(x2, "x2", device, dtype)
-    _check_activation(activation)
-    check_count(depth, "depth")
+    x1, x2, weight_variance = _static_arguments(x1, x2, weight_variance, activation, depth,
+                                                device, dtype)
     gram, self1, self2 = input_gram(x1, x2)
     return _static_recursion(gram, self1, self2, weight_variance, activation, depth)
+
+def _static_arguments(x1, x2, weight_variance, activation, depth, device, dtype):
+    """The validated inputs and weight variance shared by the static-kernel functions."""
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    weight_variance = check_positive(weight_variance, "weight_variance")
+    _check_activation(activation)
+    check_count(depth, "depth")
+    return _inputs(x1, "x1", device, dtype), _inputs(x2, "x2", device, dtype), weight_variance
+
 
 
 def _static_recursion(gram, self1, self2, w, activation, depth):
@@ -238,17 +244,14 @@ def decorrelated_kernel(x1, x2, *, weight_variance: float, activation: str = "re
 
     It vanishes for odd activations; for ReLU it is sqrt(q q') / (2 pi) and keeps only input norms.
     """
-    device, dtype = resolve_device(device), resolve_dtype(dtype)
-    weight_variance = check_positive(weight_variance, "weight_variance")
-    x1, x2 = _inputs(x1, "x1", device, dtype), _inputs(x2, "x2", device, dtype)
-    _check_activation(activation)
-    check_count(depth, "depth")
+    x1, x2, weight_variance = _static_arguments(x1, x2, weight_variance, activation, depth,
+                                                device, dtype)
     _, self1, self2 = input_gram(x1, x2)
     for _ in range(depth - 1):
         self1 = _self_map(activation, weight_variance * self1)
         self2 = _self_map(activation, weight_variance * self2)
     if activation != "relu":
-        return torch.zeros(x1.shape[0], x2.shape[0], device=device, dtype=dtype)
+        return torch.zeros(x1.shape[0], x2.shape[0], device=x1.device, dtype=x1.dtype)
     mean1 = torch.sqrt(weight_variance * self1 / _TWO_PI)
     mean2 = torch.sqrt(weight_variance * self2 / _TWO_PI)
     return mean1[:, None] * mean2[None, :]
