@@ -117,17 +117,43 @@ def test_divergence_is_data_not_an_error(device):
     assert bool(run.diverged.all())
 
 
-def test_mlp_gradients_match_autograd(device):
+@pytest.mark.parametrize("loss", ni.MLP_LOSSES)
+def test_mlp_gradients_match_autograd(device, loss):
     g = make_generator(6, device=device)
     params = ni.init_nin_mlp(3, 5, 7, 4, generator=g, device=device)
     x = torch.randn(3, 6, 5, generator=g, device=device, dtype=F64)
-    y = torch.randn(3, 6, 4, generator=g, device=device, dtype=F64)
+    # targets are probability vectors, as the cross-entropy residual softmax(f) - y assumes
+    y = torch.softmax(torch.randn(3, 6, 4, generator=g, device=device, dtype=F64), -1)
     eps = torch.randn(3, 6, generator=g, device=device, dtype=F64)
     leaves = {k: v.clone().requires_grad_(True) for k, v in params.items()}
-    expected = torch.autograd.grad(ni.nin_mlp_loss(leaves, x, y, eps).sum(), list(leaves.values()))
-    got = ni.nin_mlp_gradients(params, x, y, eps)
+    expected = torch.autograd.grad(ni.nin_mlp_loss(leaves, x, y, eps, loss).sum(), list(leaves.values()))
+    got = ni.nin_mlp_gradients(params, x, y, eps, loss)
     for name, e in zip(leaves, expected, strict=True):
         torch.testing.assert_close(got[name], e, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("loss", ni.MLP_LOSSES)
+def test_mlp_noise_curvature_is_the_second_derivative_along_the_niw(device, loss):
+    """b_NI is d^2/dc^2 of the mean loss when every pre-activation is shifted by c u, u = w_NI/|w_NI|;
+    b_next is the same for a shift of the hidden activations along w_NI fed through W1 (|D w_NI|^2
+    for a unit output Hessian)."""
+    g = make_generator(9, device=device)
+    params = ni.init_nin_mlp(2, 5, 6, 3, generator=g, device=device)
+    params["b1"] = 0.5 * torch.randn(2, 1, 3, generator=g, device=device, dtype=F64)
+    x = torch.randn(40, 5, generator=g, device=device, dtype=F64)
+    y = torch.nn.functional.one_hot(torch.randint(3, (40,), generator=g, device=device), 3).to(F64)
+    b_ni, b_next = ni.nin_noise_hessian_rates(params, x, loss)
+    unit = params["w_ni"] / params["w_ni"].norm(dim=-1, keepdim=True)
+    for model in range(2):
+        def shifted_loss(c, model=model):
+            p = {k: v[model:model + 1] for k, v in params.items()}
+            p["w_ni"] = unit[model:model + 1]
+            return ni.nin_mlp_loss(p, x, y[None], c * torch.ones(1, 40, device=device, dtype=F64), loss)[0]
+        second = torch.autograd.functional.hessian(shifted_loss, torch.zeros((), device=device, dtype=F64))
+        torch.testing.assert_close(b_ni[model], second, rtol=1e-10, atol=1e-12)
+    z = x @ params["W0"] + params["b0"]
+    expected_next = ((z > 0) * params["w_ni"][:, None, :]).square().sum(-1).mean(-1)
+    torch.testing.assert_close(b_next, expected_next.to(F64), rtol=1e-12, atol=1e-14)
 
 
 def test_mlp_models_are_independent(device):
@@ -179,6 +205,15 @@ def test_bad_input_names_the_argument(device):
                          torch.zeros(5, dtype=torch.long, device=device),
                          torch.ones(3, device=device, dtype=F64), eta=0.1, batch_size=2, n_steps=2,
                          n_classes=2)
+    with pytest.raises(ValueError, match="loss"):
+        ni.train_nin_mlp(params, torch.ones(5, 3, device=device, dtype=F64),
+                         torch.zeros(5, dtype=torch.long, device=device),
+                         torch.ones(5, 3, device=device, dtype=F64),
+                         torch.zeros(5, dtype=torch.long, device=device),
+                         torch.ones(2, device=device, dtype=F64), eta=0.1, batch_size=2, n_steps=2,
+                         n_classes=2, loss="hinge")
+    with pytest.raises(ValueError, match="loss"):
+        ni.nin_noise_hessian_rates(params, torch.ones(5, 3, device=device, dtype=F64), loss="l1")
 
 
 def test_wishart_moments_of_a_single_sample_are_rank_one(device):

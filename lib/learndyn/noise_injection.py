@@ -10,8 +10,9 @@ random ``eps`` per sample and a trainable weight ``w_NI``. This module holds the
   drawn exactly from their Wishart law (:func:`sample_batch_moments`), or replaced by the reduced
   stochastic map of Eqs. 5-6 of the paper (:func:`reduced_batch_moments`);
 * the coefficients of that map, the phase thresholds and the decay time scales;
-* a one-hidden-layer ReLU network with a NIN on its hidden layer, trained by SGD with a leading
-  model axis, so a sweep over replicas *and* noise strengths is one batched run.
+* a one-hidden-layer ReLU network with a NIN on its hidden layer, trained by SGD on the squared
+  error or the cross-entropy with a leading model axis, so a sweep over replicas *and* noise
+  strengths is one batched run.
 
 Every ensemble runs on :func:`learndyn.ensemble.run_ensemble`: the replica axis leads, and one step
 is one batched tensor operation.
@@ -36,6 +37,7 @@ from .ensemble import EnsembleResult, run_ensemble
 
 MOMENT_MODES = ("samples", "wishart", "reduced", "reduced_even")
 NIN_MODES = ("rerandomized", "fixed")
+MLP_LOSSES = ("mse", "cross_entropy")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -395,23 +397,35 @@ def nin_mlp_forward(params, x, eps):
     return torch.bmm(torch.relu(z), params["W1"]) + params["b1"]
 
 
-def nin_mlp_loss(params, x, y_onehot, eps):
-    """Per-model squared error ``1/2 <||f(x, eps) - y||^2>_batch``, shape ``(n_models,)``."""
+def _check_loss(loss: str) -> str:
+    if loss not in MLP_LOSSES:
+        raise ValueError(f"loss must be one of {MLP_LOSSES}, got {loss!r}")
+    return loss
+
+
+def nin_mlp_loss(params, x, y_onehot, eps, loss: str = "mse"):
+    """Per-model batch loss, shape ``(n_models,)``: the squared error ``1/2 <||f - y||^2>`` or the
+    cross-entropy ``-<y . log softmax(f)>`` (``loss="cross_entropy"``, Fig. 3 of the paper)."""
     out = nin_mlp_forward(params, x, eps)
-    return 0.5 * (out - y_onehot).square().sum(-1).mean(-1)
+    if _check_loss(loss) == "mse":
+        return 0.5 * (out - y_onehot).square().sum(-1).mean(-1)
+    return -(y_onehot * torch.log_softmax(out, -1)).sum(-1).mean(-1)
 
 
-def nin_mlp_gradients(params, x, y_onehot, eps):
+def nin_mlp_gradients(params, x, y_onehot, eps, loss: str = "mse"):
     """Gradients of :func:`nin_mlp_loss` for every model at once (backpropagation written out).
 
     ``x`` ``(n_models, batch, d_in)``, ``y_onehot`` ``(n_models, batch, d_out)``, ``eps``
     ``(n_models, batch)``. Returns a dict with the keys of ``params``; the NIW gradient is
     ``<eps * dL/dz>_batch``, the batch average of Eq. {eq}`ni-niw-update` before any expansion.
+    The two losses differ only in the output residual: ``f - y`` or ``softmax(f) - y``.
     """
+    _check_loss(loss)
     batch = x.shape[-2]
     z = torch.bmm(x, params["W0"]) + params["b0"] + eps.unsqueeze(-1) * params["w_ni"].unsqueeze(1)
     hidden = torch.relu(z)
-    residual = (torch.bmm(hidden, params["W1"]) + params["b1"] - y_onehot) / batch
+    out = torch.bmm(hidden, params["W1"]) + params["b1"]
+    residual = ((out if loss == "mse" else torch.softmax(out, -1)) - y_onehot) / batch
     dz = torch.bmm(residual, params["W1"].transpose(1, 2)) * (z > 0).to(z.dtype)
     return {
         "W0": torch.bmm(x.transpose(1, 2), dz),
@@ -422,33 +436,43 @@ def nin_mlp_gradients(params, x, y_onehot, eps):
     }
 
 
-def nin_noise_hessian_rates(params, x):
+def nin_noise_hessian_rates(params, x, loss: str = "mse"):
     """Linear-stability rates of the noise-dominated NIN dynamics in the network,
     Eq. {eq}`ni-mlp-rates`.
 
-    Returns ``(b_ni, b_next)`` per model: ``b_ni = <|W1^T D u|^2>`` for the unit vector
-    ``u = w_ni/|w_ni|`` (the local Hessian along the NIN weights, the analogue of ``B~/eta``), and
-    ``b_next = <|D w_ni|^2>`` (the curvature the noise adds to the next layer, the analogue of
-    ``B/eta``), with ``D`` the ReLU mask at ``eps = 0``, averaged over the inputs ``x``.
+    Returns ``(b_ni, b_next)`` per model: ``b_ni = <v^T H v>`` with ``v = W1^T D u`` for the unit
+    vector ``u = w_ni/|w_ni|`` (the local Hessian along the NIN weights, the analogue of ``B~/eta``),
+    and ``b_next = <|D w_ni|^2>`` (the curvature the noise adds to the next layer, the analogue of
+    ``B/eta``), with ``D`` the ReLU mask at ``eps = 0`` and ``H`` the Hessian of the loss in the
+    outputs (``I`` for ``"mse"``, ``diag(p) - p p^T`` with ``p = softmax(f)`` for
+    ``"cross_entropy"``), averaged over the inputs ``x``.
     """
+    _check_loss(loss)
     with torch.no_grad():
         z = torch.matmul(x, params["W0"]) + params["b0"]        # (n, N, width)
         mask = (z > 0).to(z.dtype)
         u = params["w_ni"] / params["w_ni"].norm(dim=-1, keepdim=True)
         v = torch.bmm(mask * u.unsqueeze(1), params["W1"])       # (n, N, d_out)
-        b_ni = v.square().sum(-1).mean(-1)
+        if loss == "mse":
+            curvature = v.square().sum(-1)
+        else:
+            p = torch.softmax(torch.bmm(torch.relu(z), params["W1"]) + params["b1"], -1)
+            curvature = (p * v.square()).sum(-1) - (p * v).sum(-1).square()
+        b_ni = curvature.mean(-1)
         b_next = (mask * params["w_ni"].unsqueeze(1)).square().sum(-1).mean(-1)
     return b_ni, b_next
 
 
 def train_nin_mlp(params, x_train, y_train, x_test, y_test, sigma_eps, *, eta, batch_size,
-                  n_steps, record=50, n_classes=10, monitor=None, bound=1e8, generator=None):
+                  n_steps, record=50, n_classes=10, loss: str = "mse", monitor=None, bound=1e8,
+                  generator=None):
     """Train every model in ``params`` by plain SGD with its own noise strength, in one batched run.
 
     ``sigma_eps`` has one entry per model (shape ``(n_models,)``): replicas and noise strengths
     share the leading model axis. Each model draws its own minibatches and its own NIN values. The
     losses are evaluated with ``eps = 0`` (the network as used) on ``x_test`` and on the first
-    ``monitor`` training samples (all of them by default).
+    ``monitor`` training samples (all of them by default); ``loss`` is ``"mse"`` or
+    ``"cross_entropy"``, as in :func:`nin_mlp_loss`.
     Returns a dict of numpy arrays over the record steps: ``steps``, ``nin_norm``, ``next_norm``
     (Frobenius norm of ``W1``), ``train_loss``, ``test_loss``, ``test_accuracy``, and ``diverged``
     (per model, bool; a diverged model is frozen at its last good state).
@@ -456,6 +480,7 @@ def train_nin_mlp(params, x_train, y_train, x_test, y_test, sigma_eps, *, eta, b
     n_models = params["W0"].shape[0]
     device, dtype = params["W0"].device, params["W0"].dtype
     eta = check_positive(eta, "eta")
+    _check_loss(loss)
     check_count(batch_size, "batch_size")
     check_count(n_steps, "n_steps")
     sigma_eps = _nonnegative(sigma_eps, "sigma_eps", device, dtype).reshape(-1)
@@ -479,7 +504,7 @@ def train_nin_mlp(params, x_train, y_train, x_test, y_test, sigma_eps, *, eta, b
         index = torch.randint(n_train, (n_models, batch_size), generator=gen, device=device)
         eps = sigma_eps.unsqueeze(1) * torch.randn(n_models, batch_size, generator=gen,
                                                    device=device, dtype=dtype)
-        grads = nin_mlp_gradients(p, x_train[index], y_train_hot[index], eps)
+        grads = nin_mlp_gradients(p, x_train[index], y_train_hot[index], eps, loss)
         return tuple(p[k] - eta * grads[k] for k in names)
 
     def observe(current):
@@ -487,8 +512,8 @@ def train_nin_mlp(params, x_train, y_train, x_test, y_test, sigma_eps, *, eta, b
         out = nin_mlp_forward(p, x_test, no_noise[x_test.shape[0]])
         return {"nin_norm": p["w_ni"].norm(dim=-1), "next_norm": p["W1"].flatten(1).norm(dim=-1),
                 "train_loss": nin_mlp_loss(p, x_train[:monitor], y_train_hot[:monitor],
-                                           no_noise[monitor]),
-                "test_loss": 0.5 * (out - y_test_hot).square().sum(-1).mean(-1),
+                                           no_noise[monitor], loss),
+                "test_loss": nin_mlp_loss(p, x_test, y_test_hot, no_noise[x_test.shape[0]], loss),
                 "test_accuracy": (out.argmax(-1) == y_test).to(dtype).mean(-1)}
 
     result = run_ensemble(step, state, n_steps, record=record, observe=observe, bound=bound,
@@ -507,7 +532,7 @@ def _nonnegative(value, name, device, dtype):
 
 
 __all__ = [
-    "MOMENT_MODES", "NIN_MODES", "PhaseThresholds", "batch_moments", "decay_time_scales",
+    "MLP_LOSSES", "MOMENT_MODES", "NIN_MODES", "PhaseThresholds", "batch_moments", "decay_time_scales",
     "init_nin_mlp", "mean_map_trajectory", "nin_mlp_forward", "nin_mlp_gradients", "nin_mlp_loss",
     "nin_noise_hessian_rates", "noise_dominated_divergence", "phase_thresholds",
     "reduced_batch_moments", "reduced_map_coefficients", "run_toy_sgd", "sample_batch_moments",
