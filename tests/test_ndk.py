@@ -205,3 +205,117 @@ def test_bad_input_raises(device):
         ndk.synthetic_task(4, 1.5)
     with pytest.raises(ValueError, match="n_replicas"):
         ndk.init_networks(3, [3, 4], init_variance=1.0)
+
+
+@pytest.mark.parametrize("activation", ndk.ACTIVATIONS)
+def test_drift_kernel_at_the_freezing_time_is_the_ndk(device, activation):
+    x = random_inputs(4, 5, device)
+    s = torch.linspace(0.0, 2.0, 7, device=device, dtype=torch.float64)
+    for depth in (1, 3):
+        frozen = ndk.drift_kernels(x, x[:3], 2.0, s, freeze_time=2.0, activation=activation, depth=depth,
+                                   **PHYSICS, device=device)
+        ordinary = ndk.two_time_kernels(x, x[:3], 2.0, s, activation=activation, depth=depth, **PHYSICS,
+                                        device=device)
+        for name in ("ndk", "nngp", "derivative", "output_covariance"):
+            torch.testing.assert_close(getattr(frozen, name), getattr(ordinary, name), rtol=1e-14, atol=0)
+    # later times: the readout terms carry C(t0, s) and e^{-k(t0 - s)} instead of C(t, s), e^{-k(t - s)}
+    later = ndk.drift_kernels(x, x, 3.5, s, freeze_time=2.0, activation=activation, depth=1, **PHYSICS,
+                              device=device)
+    ordinary = ndk.two_time_kernels(x, x, 3.5, s, activation=activation, depth=1, **PHYSICS, device=device)
+    k = PHYSICS["temperature"] / PHYSICS["prior_variance"]
+    readout = ndk.prior_correlation(2.0, s, **PHYSICS, device=device)[:, None, None]
+    hidden = ndk.prior_correlation(3.5, s, **PHYSICS, device=device)[:, None, None]
+    # depth 1: K_d = e^{-k(t-s)} [K^1 + C Kdot^1 K^0],
+    # K_dr = e^{-k(t0-s)} K^1 + C(t0,s) Kdot^1 e^{-k(t-s)} K^0
+    gram = x @ x.T / 5
+    propagator = torch.exp(-k * (3.5 - s))[:, None, None]
+    expected = (torch.exp(-k * (2.0 - s))[:, None, None] * ordinary.nngp
+                + readout * ordinary.derivative * propagator * gram)
+    torch.testing.assert_close(later.ndk, expected, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(later.output_covariance, readout / hidden * ordinary.output_covariance,
+                               rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("activation", ndk.ACTIVATIONS)
+def test_drift_kernel_integrates_to_the_two_time_nngp_kernel(device, activation):
+    # stationary prior (sigma_0^2 = sigma^2): int_{-oo}^{t0} K_dr(t, t0, s) ds = sigma^2 K^L(t, t0) / T
+    # (chapter 5, Eq. ndk-drift). u = e^{-k (t0 - s)} maps s in [0, t0] to [e^{-k t0}, 1]; Gauss-Legendre
+    # with n and 2 n nodes, whose difference bounds the quadrature error; the part s < 0 is e^{-k t0}.
+    physics = dict(temperature=0.5, prior_variance=1.3, init_variance=1.3)
+    k = physics["temperature"] / physics["prior_variance"]
+    t0, t = 60.0, 61.0
+    x = random_inputs(3, 4, device)
+    estimates = []
+    for n in (200, 400):
+        nodes, weights = np.polynomial.legendre.leggauss(n)
+        low = math.exp(-k * t0)
+        u = torch.tensor(low + (1 - low) * (nodes + 1) / 2, device=device, dtype=torch.float64)
+        w = torch.tensor(weights * (1 - low) / 2, device=device, dtype=torch.float64)
+        s = t0 + torch.log(u) / k
+        kernel = ndk.drift_kernels(x, x, t, s.clamp(0.0, t0), freeze_time=t0, activation=activation, depth=2,
+                                   **physics, device=device).ndk
+        estimates.append(torch.einsum("n,nab->ab", w / (k * u), kernel))
+    expected = physics["prior_variance"] / physics["temperature"] * ndk.two_time_kernels(
+        x, x, t, t0, activation=activation, depth=2, **physics, device=device).nngp
+    tolerance = (estimates[0] - estimates[1]).abs() + 10 * math.exp(-k * t0) * expected.abs().max() + 1e-12
+    assert bool(((estimates[1] - expected).abs() <= tolerance).all())
+    # the equilibrium formula needs the stationary prior: with sigma_0^2 != sigma^2 at t0 = 2 it fails
+    transient = dict(physics, init_variance=4.0)
+    s = torch.linspace(0.0, 2.0, 801, device=device, dtype=torch.float64)
+    kernel = ndk.drift_kernels(x, x, 3.0, s, freeze_time=2.0, activation=activation, depth=2, **transient,
+                               device=device).ndk
+    integral = torch.einsum("n,nab->ab", ndk.trapezoid_weights(s), kernel)
+    stationary = ndk.drift_kernels(x, x, 3.0, s, freeze_time=2.0, activation=activation, depth=2, **physics,
+                                   device=device).ndk
+    stationary_integral = torch.einsum("n,nab->ab", ndk.trapezoid_weights(s), stationary)
+    assert float((integral - stationary_integral).abs().max()) > 1e-2
+
+
+def test_drift_predictor(device):
+    x_train, y, x_test = ndk.synthetic_task(4, 0.7, device=device)
+    inputs = torch.cat([x_train, x_test])
+    physics = dict(activation="erf", depth=2, temperature=0.2, prior_variance=1.0, init_variance=2.0)
+    grid = torch.linspace(0.0, 4.0, 81, device=device, dtype=torch.float64)
+    lags = torch.tensor([0.0, 1.0, 5.0, 400.0], device=device, dtype=torch.float64)
+    drift, train = ndk.drift_predictor(inputs, x_train, y, grid, 2.0, 2.0 + lags, **physics, device=device)
+    assert drift.shape == (4, 5) and train.shape == (41, 4)
+    # at t = t0 it is the Volterra test predictor on the same nodes (Eq. ndk-volterra-test)
+    kernel = ndk.two_time_kernels(x_train, x_train, grid[:41, None], grid[None, :41], **physics,
+                                  device=device).ndk
+    test_kernel = ndk.two_time_kernels(inputs, x_train, grid[:41, None], grid[None, :41], **physics,
+                                       device=device).ndk
+    volterra_train, volterra_test = ndk.solve_volterra(kernel, y, grid[:41], test_kernel, device=device)
+    torch.testing.assert_close(train, volterra_train, rtol=1e-13, atol=1e-14)
+    torch.testing.assert_close(drift[0], volterra_test[-1], rtol=1e-12, atol=1e-14)
+    # the mean output decays, and for an odd activation it vanishes once C(t, t0) ~ e^{-80} is gone
+    assert bool((drift[1:3].abs() < drift[:2].abs()).all())
+    assert float(drift[-1].abs().max()) < 1e-30
+    # batched over times of any shape; t0 = 0 learns nothing
+    batched, _ = ndk.drift_predictor(inputs, x_train, y, grid, 2.0, (2.0 + lags).reshape(2, 2), **physics,
+                                     device=device)
+    torch.testing.assert_close(batched.reshape(4, 5), drift, rtol=1e-14, atol=0)
+    nothing, _ = ndk.drift_predictor(inputs, x_train, y, grid, 0.0, lags, **physics, device=device)
+    assert float(nothing.abs().max()) == 0.0
+
+
+def test_drift_bad_input_raises(device):
+    x = random_inputs(3, 4, device)
+    y = torch.tensor([1.0, -1.0, 1.0], device=device, dtype=torch.float64)
+    grid = torch.linspace(0.0, 2.0, 11, device=device, dtype=torch.float64)
+    physics = dict(activation="relu", depth=1, **PHYSICS, device=device)
+    with pytest.raises(ValueError, match="t must hold times >= freeze_time"):
+        ndk.drift_kernels(x, x, 1.0, 0.5, freeze_time=1.5, **physics)
+    with pytest.raises(ValueError, match="s must hold times <= freeze_time"):
+        ndk.drift_kernels(x, x, 2.0, 1.8, freeze_time=1.5, **physics)
+    with pytest.raises(ValueError, match="freeze_time"):
+        ndk.drift_kernels(x, x, 2.0, 1.0, freeze_time=-1.0, **physics)
+    with pytest.raises(ValueError, match="freeze_time=1.1 is not a node of times"):
+        ndk.drift_predictor(x, x, y, grid, 1.1, 2.0, **physics)
+    with pytest.raises(ValueError, match="t must hold times >= freeze_time"):
+        ndk.drift_predictor(x, x, y, grid, 1.2, 1.0, **physics)
+    with pytest.raises(ValueError, match="targets"):
+        ndk.drift_predictor(x, x, y[:2], grid, 1.2, 2.0, **physics)
+    with pytest.raises(ValueError, match="times"):
+        ndk.drift_predictor(x, x, y, grid + 0.1, 1.2, 2.0, **physics)
+    with pytest.raises(ValueError, match="readout_correlation and readout_propagator"):
+        ndk.kernels_from_gram(1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, readout_correlation=0.5)

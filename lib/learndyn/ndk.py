@@ -13,6 +13,10 @@ of temperature ``T`` from ``Theta(0) ~ N(0, sigma_0^2)``. Equation labels refer 
 * ``solve_volterra``: the mean-predictor equations {eq}`ndk-volterra-train`, {eq}`ndk-volterra-test`;
   ``symmetric_task_kernels`` gives their scalar reduction for the synthetic task {eq}`ndk-scalar`;
 * ``ntk_predictor`` {eq}`ndk-ntk-solution` and ``nngp_equilibrium`` {eq}`ndk-nngp-equilibrium`;
+* ``drift_kernels`` / ``drift_predictor``: the readout frozen at a time t_0 while the hidden weights
+  diffuse, the drift kernel {eq}`ndk-drift-kernel` and the mean output {eq}`ndk-drift-general`
+  (any t_0; the equilibrium case is {eq}`ndk-drift`), and ``decorrelated_kernel``, its long-lag
+  limit {eq}`ndk-drift-limit`;
 * ``init_networks`` / ``simulate_langevin``: ensembles of finite-width networks trained by Langevin
   dynamics, one batched operation per step, with the frozen-readout (drift) protocol.
 
@@ -117,24 +121,41 @@ class Kernels:
 
 
 def kernels_from_gram(gram, self1, self2, correlation, variance1, variance2, propagator, *,
-                      activation: str = "relu", depth: int = 1) -> Kernels:
+                      activation: str = "relu", depth: int = 1, readout_correlation=None,
+                      readout_propagator=None) -> Kernels:
     """The layer recursion of chapter 5, Eqs. {eq}`ndk-layer-map` and {eq}`ndk-recursion`.
 
     Arguments are tensors that broadcast: ``gram`` = x.x'/N_0, ``self1`` = x.x/N_0, ``self2`` =
     x'.x'/N_0, ``correlation`` = C(t, t'), ``variance1`` = C(t, t), ``variance2`` = C(t', t'),
     ``propagator`` = e^{-T|t - t'|/sigma^2}. ``depth`` = L hidden layers. Cost: O(L) elementwise
     passes over the broadcast shape. No input checks here (see :func:`two_time_kernels`).
+
+    ``readout_correlation`` and ``readout_propagator`` (given together, or neither) are the
+    correlation and propagator of the readout ``a`` when its times differ from those of the hidden
+    weights; they replace ``correlation`` and ``propagator`` in the last step of the recursion only.
+    With a readout frozen at t_0, C(t_0, t') and e^{-T(t_0 - t')/sigma^2}, the ``ndk`` field is the
+    drift kernel K_dr of Eq. {eq}`ndk-drift-kernel` and ``output_covariance`` is C(t_0, t') K^L
+    (see :func:`drift_kernels`).
     """
     _check_activation(activation)
     check_count(depth, "depth")
+    if (readout_correlation is None) != (readout_propagator is None):
+        raise ValueError("readout_correlation and readout_propagator must be given together "
+                         f"(got readout_correlation={'None' if readout_correlation is None else 'a value'}, "
+                         f"readout_propagator={'None' if readout_propagator is None else 'a value'})")
+    if readout_correlation is None:
+        readout_correlation, readout_propagator = correlation, propagator
     previous, ndk = gram, propagator * gram
-    for _ in range(depth):
+    for layer in range(depth):
         q1, q2 = variance1 * self1, variance2 * self2
         value, derivative = gaussian_maps(activation, q1, q2, correlation * previous)
         self1, self2 = _self_map(activation, q1), _self_map(activation, q2)
-        ndk = propagator * value + correlation * derivative * ndk
+        # the weights above this layer: hidden ones, or the readout at the last layer
+        above, moved = ((readout_correlation, readout_propagator) if layer == depth - 1
+                        else (correlation, propagator))
+        ndk = moved * value + above * derivative * ndk
         previous = value
-    return Kernels(previous, derivative, ndk, correlation * previous)
+    return Kernels(previous, derivative, ndk, readout_correlation * previous)
 
 
 def _inputs(x, name, device, dtype):
@@ -160,6 +181,16 @@ def input_gram(x1, x2):
     return (x1 @ x2.T).div_(dim), self1, self2
 
 
+def _two_time_arguments(t1, t2, params, temperature, prior_variance):
+    """C(t1, t2), C(t1, t1), C(t2, t2) and the propagator, broadcast and shaped (..., 1, 1)."""
+    t1, t2 = torch.broadcast_tensors(t1, t2)
+    correlation = prior_correlation(t1, t2, **params)[..., None, None]
+    variance1 = prior_correlation(t1, t1, **params)[..., None, None]
+    variance2 = prior_correlation(t2, t2, **params)[..., None, None]
+    propagator = torch.exp(-temperature / prior_variance * (t1 - t2).abs())[..., None, None]
+    return correlation, variance1, variance2, propagator
+
+
 def two_time_kernels(x1, x2, t1, t2, *, activation: str = "relu", depth: int = 1,
                      temperature: float, prior_variance: float, init_variance: float,
                      device=None, dtype=None) -> Kernels:
@@ -173,14 +204,49 @@ def two_time_kernels(x1, x2, t1, t2, *, activation: str = "relu", depth: int = 1
     params = dict(temperature=temperature, prior_variance=prior_variance,
                   init_variance=init_variance, device=device, dtype=dtype)
     t1, t2 = _times(t1, "t1", device, dtype), _times(t2, "t2", device, dtype)
-    t1, t2 = torch.broadcast_tensors(t1, t2)
-    correlation = prior_correlation(t1, t2, **params)[..., None, None]
-    variance1 = prior_correlation(t1, t1, **params)[..., None, None]
-    variance2 = prior_correlation(t2, t2, **params)[..., None, None]
-    propagator = torch.exp(-temperature / prior_variance * (t1 - t2).abs())[..., None, None]
+    arguments = _two_time_arguments(t1, t2, params, temperature, prior_variance)
     gram, self1, self2 = input_gram(x1, x2)
-    return kernels_from_gram(gram, self1[:, None], self2[None, :], correlation, variance1,
-                             variance2, propagator, activation=activation, depth=depth)
+    return kernels_from_gram(gram, self1[:, None], self2[None, :], *arguments, activation=activation,
+                             depth=depth)
+
+
+def drift_kernels(x1, x2, t, s, *, freeze_time: float, activation: str = "relu", depth: int = 1,
+                  temperature: float, prior_variance: float, init_variance: float,
+                  device=None, dtype=None) -> Kernels:
+    """Kernels of networks whose readout was frozen at t_0 = ``freeze_time`` while the hidden weights
+    kept diffusing under the prior: the output f_dr(x, t) = a(t_0).x_L(x; W(t)) / sqrt(N_L) at a time
+    ``t`` >= t_0, paired with the ordinary output at an earlier time ``s`` <= t_0.
+
+    The ``ndk`` field is the drift kernel of chapter 5 Eq. {eq}`ndk-drift-kernel`,
+    K_dr(t, t_0, s) = e^{-T(t_0 - s)/sigma^2} K^L(t, s) + C(t_0, s) Kdot^L(t, s) K_d^{L-1}(t, s),
+    the recursion {eq}`ndk-recursion` with the readout's correlation C(t_0, s) and propagator in its
+    last step; ``nngp`` and ``derivative`` are K^L(t, s) and Kdot^L(t, s), and ``output_covariance``
+    is C(t_0, s) K^L(t, s) = <f_dr(x, t) f(x', s)>_0. At t = t_0 everything equals
+    :func:`two_time_kernels` at (t_0, s). ``t`` and ``s`` broadcast to a shape S; results have shape
+    S + (n1, n2) for ``x1`` (n1, N_0), ``x2`` (n2, N_0).
+    """
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    x1, x2 = _inputs(x1, "x1", device, dtype), _inputs(x2, "x2", device, dtype)
+    params = dict(temperature=temperature, prior_variance=prior_variance,
+                  init_variance=init_variance, device=device, dtype=dtype)
+    t0 = _times(freeze_time, "freeze_time", device, dtype)
+    if t0.numel() != 1:
+        raise ValueError(f"freeze_time must be one time, got shape {tuple(t0.shape)}")
+    t, s = _times(t, "t", device, dtype), _times(s, "s", device, dtype)
+    if bool((t < t0).any()):
+        raise ValueError(f"t must hold times >= freeze_time={float(t0):.6g} (the readout is frozen at "
+                         f"freeze_time), got min {float(t.min()):.6g}")
+    if bool((s > t0).any()):
+        raise ValueError(f"s must hold times <= freeze_time={float(t0):.6g} (the training signal "
+                         f"stops at freeze_time), got max {float(s.max()):.6g}")
+    t, s = torch.broadcast_tensors(t, s)
+    arguments = _two_time_arguments(t, s, params, temperature, prior_variance)
+    readout_correlation = prior_correlation(t0, s, **params)[..., None, None]
+    readout_propagator = torch.exp(-temperature / prior_variance * (t0 - s))[..., None, None]
+    gram, self1, self2 = input_gram(x1, x2)
+    return kernels_from_gram(gram, self1[:, None], self2[None, :], *arguments, activation=activation,
+                             depth=depth, readout_correlation=readout_correlation,
+                             readout_propagator=readout_propagator)
 
 
 def static_kernels(x1, x2, *, weight_variance: float, activation: str = "relu", depth: int = 1,
@@ -339,6 +405,57 @@ def solve_volterra(kernel_train, targets, times, kernel_test=None, *, device=Non
     node[0, 0] = 0.0
     test = torch.einsum("ij,ijmb,jb->im", node, kernel_test, residual)
     return predictor, test
+
+
+def drift_predictor(x, x_train, targets, times, freeze_time: float, t, *, activation: str = "relu",
+                    depth: int = 1, temperature: float, prior_variance: float, init_variance: float,
+                    device=None, dtype=None):
+    """Mean output of wide networks trained by Langevin dynamics up to t_0 = ``freeze_time``, after
+    which the readout is frozen and the hidden weights diffuse under the prior (chapter 5 Eq.
+    {eq}`ndk-drift-general`):
+
+        f_dr(x, t) = int_0^{t_0} ds K_dr(t, t_0, s, x, X)^T [y - f_train(s)],   t >= t_0,
+
+    with the drift kernel of :func:`drift_kernels` and the training residual of the Volterra equation
+    {eq}`ndk-volterra-train`, solved by :func:`solve_volterra` on the nodes of ``times`` up to t_0.
+    The s-integral uses the trapezoid weights of the same nodes (second order in the step), so at
+    t = t_0 the result is the test predictor of :func:`solve_volterra` at t_0.
+
+    ``x`` (M, N_0) inputs to evaluate, ``x_train`` (P, N_0), ``targets`` (P,), ``times``: a grid that
+    starts at 0, increases, and has t_0 as a node (nodes after t_0 are not used); ``t``: times >= t_0
+    (any shape S). Cost: the training NDK on the n_0 nodes up to t_0 (n_0^2 P^2 entries) and
+    K_dr on |S| n_0 M P entries. Returns (f_dr of shape S + (M,), f_train on the nodes up to t_0,
+    shape (n_0, P)).
+    """
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    x, x_train = _inputs(x, "x", device, dtype), _inputs(x_train, "x_train", device, dtype)
+    y = as_tensor(targets, "targets", device=device, dtype=dtype)
+    if y.dim() != 1 or y.numel() != x_train.shape[0]:
+        raise ValueError(f"targets has shape {tuple(y.shape)}, expected ({x_train.shape[0]},), one per "
+                         "row of x_train")
+    times = _check_grid(times, device, dtype)
+    t0 = float(check_positive(freeze_time, "freeze_time", allow_zero=True))
+    matches = torch.nonzero(torch.isclose(times, torch.tensor(t0, device=device, dtype=dtype),
+                                          rtol=1e-12, atol=1e-12))
+    if matches.numel() == 0:
+        raise ValueError(f"freeze_time={t0!r} is not a node of times (nodes from {float(times[0]):.6g} "
+                         f"to {float(times[-1]):.6g}); put t_0 on the grid")
+    nodes = times[:int(matches[0, 0]) + 1]
+    t = _times(t, "t", device, dtype)
+    if bool((t < t0).any()):
+        raise ValueError(f"t must hold times >= freeze_time={t0:.6g}, got min {float(t.min()):.6g}")
+    if nodes.numel() == 1:                     # t_0 = 0: nothing was learned, the mean is zero
+        return (torch.zeros(*t.shape, x.shape[0], device=device, dtype=dtype),
+                torch.zeros(1, y.numel(), device=device, dtype=dtype))
+    physics = dict(activation=activation, depth=depth, temperature=temperature,
+                   prior_variance=prior_variance, init_variance=init_variance, device=device,
+                   dtype=dtype)
+    train = two_time_kernels(x_train, x_train, nodes[:, None], nodes[None, :], **physics).ndk
+    predictor, _ = solve_volterra(train, y, nodes, device=device, dtype=dtype)
+    weighted_residual = trapezoid_weights(nodes)[:, None] * (y - predictor)       # (n_0, P)
+    t = torch.maximum(t, nodes[-1])            # the node may differ from t_0 by rounding
+    kernel = drift_kernels(x, x_train, t[..., None], nodes, freeze_time=nodes[-1], **physics).ndk
+    return torch.einsum("...smp,sp->...m", kernel, weighted_residual), predictor
 
 
 def volterra_double_loop(kernel_train, targets, times):
@@ -601,8 +718,9 @@ def simulate_langevin(weights, x_train, y, x_test, *, activation: str = "relu",
 
 
 __all__ = ["ACTIVATIONS", "Kernels", "LangevinRun", "activation_functions", "decorrelated_kernel",
-           "gaussian_maps", "init_networks", "input_gram", "kernels_from_gram", "langevin_step",
-           "loss_gradients", "network_forward", "nngp_equilibrium", "ntk_predictor",
-           "output_gradients", "prior_correlation", "sample_prior_pair", "simulate_langevin",
-           "solve_volterra", "static_kernels", "symmetric_task_kernels", "synthetic_task",
-           "trapezoid_weights", "two_time_kernels", "volterra_double_loop"]
+           "drift_kernels", "drift_predictor", "gaussian_maps", "init_networks", "input_gram",
+           "kernels_from_gram", "langevin_step", "loss_gradients", "network_forward",
+           "nngp_equilibrium", "ntk_predictor", "output_gradients", "prior_correlation",
+           "sample_prior_pair", "simulate_langevin", "solve_volterra", "static_kernels",
+           "symmetric_task_kernels", "synthetic_task", "trapezoid_weights", "two_time_kernels",
+           "volterra_double_loop"]
