@@ -198,22 +198,17 @@ def test_bad_input_names_the_argument(device):
     with pytest.raises(ValueError, match="shape"):
         ni.batch_moments(torch.ones(3, 4), torch.ones(3, 5))
     params = ni.init_nin_mlp(2, 3, 4, 2, device=device)
+    inputs = torch.ones(5, 3, device=device, dtype=F64)
+    labels = torch.zeros(5, dtype=torch.long, device=device)
+    two_models = torch.ones(2, device=device, dtype=F64)
+    mlp_options = dict(eta=0.1, batch_size=2, n_steps=2, n_classes=2)
     with pytest.raises(ValueError, match="sigma_eps"):
-        ni.train_nin_mlp(params, torch.ones(5, 3, device=device, dtype=F64),
-                         torch.zeros(5, dtype=torch.long, device=device),
-                         torch.ones(5, 3, device=device, dtype=F64),
-                         torch.zeros(5, dtype=torch.long, device=device),
-                         torch.ones(3, device=device, dtype=F64), eta=0.1, batch_size=2, n_steps=2,
-                         n_classes=2)
+        ni.train_nin_mlp(params, inputs, labels, inputs, labels, torch.ones(3, device=device, dtype=F64),
+                         **mlp_options)
     with pytest.raises(ValueError, match="loss"):
-        ni.train_nin_mlp(params, torch.ones(5, 3, device=device, dtype=F64),
-                         torch.zeros(5, dtype=torch.long, device=device),
-                         torch.ones(5, 3, device=device, dtype=F64),
-                         torch.zeros(5, dtype=torch.long, device=device),
-                         torch.ones(2, device=device, dtype=F64), eta=0.1, batch_size=2, n_steps=2,
-                         n_classes=2, loss="hinge")
+        ni.train_nin_mlp(params, inputs, labels, inputs, labels, two_models, loss="hinge", **mlp_options)
     with pytest.raises(ValueError, match="loss"):
-        ni.nin_noise_hessian_rates(params, torch.ones(5, 3, device=device, dtype=F64), loss="l1")
+        ni.nin_noise_hessian_rates(params, inputs, loss="l1")
 
 
 def test_wishart_moments_of_a_single_sample_are_rank_one(device):
