@@ -10,6 +10,7 @@ import math
 import os
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 DEVICE_VARIABLE = "LEARNDYN_DEVICE"
@@ -67,7 +68,7 @@ def seed_from_environment() -> int:
 def make_generator(seed: int | None = None, device=None) -> torch.Generator:
     """A ``torch.Generator`` on ``device`` seeded with ``seed`` (default: the book's seed).
 
-    Distinct streams for distinct purposes come from distinct seeds, e.g. ``seed + 1``.
+    Distinct streams for distinct purposes come from :func:`stream_seed`.
     """
     seed = seed_from_environment() if seed is None else seed
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
@@ -75,6 +76,18 @@ def make_generator(seed: int | None = None, device=None) -> torch.Generator:
     generator = torch.Generator(device=resolve_device(device))
     generator.manual_seed(seed)
     return generator
+
+
+def stream_seed(seed: int, stream: int) -> int:
+    """The seed of stream number ``stream`` of the book's seed ``seed``: distinct, deterministic.
+
+    Derived by ``numpy.random.SeedSequence([seed, stream])``, so no two (seed, stream) pairs share a
+    generator, as ``seed + stream`` would for (0, 1) and (1, 0).
+    """
+    for value, name in ((seed, "seed"), (stream, "stream")):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name}={value!r} must be a non-negative integer")
+    return int(np.random.SeedSequence([seed, stream]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 def as_tensor(value, name: str, *, device=None, dtype=None, allow_nan: bool = False) -> torch.Tensor:
