@@ -103,8 +103,8 @@ def run_ensemble(
     check_every
         Check for divergence every this many steps (and at every record and the last step); a replica
         that fails is restored to its state at the previous check, and ``diverged_at`` holds the step
-        of the check that caught it. A check costs a few reductions and one device synchronization,
-        about as much as a small step, hence the default of 10.
+        of the check that caught it. A check costs a few reductions and a ``where`` on the device (it
+        reads nothing back to the host), about as much as a small step, hence the default of 10.
     generator
         The random stream; by default one seeded with the book's seed.
     """
@@ -145,8 +145,8 @@ def run_ensemble(
         states, _ = _as_tuple(step(_pack(states, was_tuple), drawn))
         done = t + 1
         if done in record_set or done % check_every == 0 or done == n_steps:
-            if not _check(states, alive, diverged_at, done, bound):
-                states = tuple(_where(alive, s, g) for s, g in zip(states, good, strict=True))
+            _check(states, alive, diverged_at, done, bound)
+            states = tuple(_where(alive, s, g) for s, g in zip(states, good, strict=True))
             good = states
         if done in record_set:
             _append(records, observe(_pack(states, was_tuple)))
@@ -188,17 +188,14 @@ def _record_steps(record, n_steps: int) -> np.ndarray:
     return steps.astype(int)
 
 
-def _check(states, alive, diverged_at, t: int, bound: float) -> bool:
-    """Flag replicas that are non-finite or outside the bound (in place); True if all are alive."""
+def _check(states, alive, diverged_at, t: int, bound: float) -> None:
+    """Flag replicas that are non-finite or outside the bound, in place and on the device: no value
+    is read back to the host, so a check never synchronizes with an accelerator."""
     n_replicas = states[0].shape[0]
     norm2 = sum(s.reshape(n_replicas, -1).square().sum(1) for s in states)
     ok = norm2 <= bound * bound if bound != float("inf") else torch.isfinite(norm2)
-    if bool(ok.all()) and bool(alive.all()):
-        return True
-    newly = alive & ~ok
-    diverged_at[newly] = t
+    diverged_at.masked_fill_(alive & ~ok, t)
     alive &= ok
-    return False
 
 
 def _where(alive: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
