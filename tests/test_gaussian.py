@@ -1,6 +1,7 @@
 """Owen's T function and the Gaussian expectations of chapter 3 (learndyn.gaussian)."""
 
 import math
+from pathlib import Path
 
 import mpmath
 import numpy as np
@@ -130,3 +131,18 @@ def test_bad_input_names_the_argument():
         owens_t("text", 1.0)
     with pytest.raises(ValueError, match="a"):
         owens_t(1.0, [[1.0, "x"]])
+
+
+def test_owens_t_relative_error_against_mpmath():
+    """Relative error <= 1e-13 wherever |T| > 1e-300, on the grid of tests/reference/make_owens_t.py."""
+    table = np.genfromtxt(Path(__file__).parent / "reference" / "owens_t_mpmath.csv", delimiter=",",
+                          names=True, dtype=None, encoding="ascii")
+    h = torch.tensor(table["h"].astype(float), dtype=torch.float64)
+    a = torch.tensor(table["a"].astype(float), dtype=torch.float64)
+    reference = np.array([float(v) for v in table["T"]])
+    computed = owens_t(h, a).numpy()
+    resolved = np.abs(reference) > 1e-300
+    relative = np.abs(computed[resolved] - reference[resolved]) / np.abs(reference[resolved])
+    assert resolved.sum() > 900
+    assert relative.max() <= 1e-13, (h[resolved][relative.argmax()], a[resolved][relative.argmax()])
+    assert np.all(np.abs(computed[~resolved]) <= 1e-290)
