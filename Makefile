@@ -10,13 +10,18 @@ INSTALLED := $(VENV)/.installed
 LIB_HASH = $(shell cat $$(find lib -name '*.py' | sort) pyproject.toml | sha256sum | cut -c1-16)
 CACHE := _build/.jupyter_cache
 NOTEBOOKS := $(sort $(wildcard book/*.ipynb))
+NBVAL := $(BIN)/python -m pytest --nbval-lax --nbval-cell-timeout=300 -p no:cacheprovider
+# `make seeds N=5 CHAPTERS="sgd_stochastic_process singular_limit"`; `make mutants CHAPTERS=...`
+N ?= 20
+CHAPTERS ?=
 
-.PHONY: book test unit notebooks sphinx lint bench student clean cache-key browser-test
+.PHONY: book test unit notebooks sphinx lint bench student clean cache-key browser-test timings seeds \
+	mutants
 
 $(INSTALLED): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[book,test]"
+	$(BIN)/python -m pip install --quiet -e ".[book,test,cluster]"
 	@touch $@
 
 cache-key: $(INSTALLED)
@@ -39,8 +44,11 @@ lint: $(INSTALLED)
 unit: $(INSTALLED)
 	$(BIN)/python -m pytest tests --ignore=tests/browser
 
-notebooks: $(INSTALLED)
-	$(BIN)/python -m pytest --nbval-lax --nbval-cell-timeout=300 -p no:cacheprovider $(NOTEBOOKS)
+# Each notebook nbval executes and passes goes into the jupyter-cache (book/conftest.py), so the
+# Sphinx build that follows does not execute it again; cache-key runs first, lest it drop them.
+# Run times go to _build/notebook_timings.json, never into the tree.
+notebooks: $(INSTALLED) cache-key
+	$(NBVAL) --nb-jupyter-cache=$(CACHE) $(NOTEBOOKS)
 
 sphinx: $(INSTALLED) cache-key
 	$(BIN)/jupyter-book build . --builder html --warningiserror --nitpick --keep-going
@@ -48,6 +56,24 @@ sphinx: $(INSTALLED) cache-key
 
 bench: $(INSTALLED)
 	$(BIN)/python -m bench
+
+# The committed run times of the course page: every notebook under nbval, the times copied into
+# book/notebook_timings.json, then the course page again, so that its cached copy shows them.
+timings: $(INSTALLED) cache-key
+	rm -f _build/notebook_timings.json
+	$(MAKE) notebooks
+	cp _build/notebook_timings.json book/notebook_timings.json
+	$(NBVAL) -q --nb-jupyter-cache=$(CACHE) book/course.ipynb
+
+# Every chapter under N seeds (from a fixed SeedSequence); writes tests/harness/SEEDS.md as it goes
+# and resumes from _build/seeds/runs.jsonl. N=20 on all chapters takes about an hour.
+seeds: $(INSTALLED)
+	$(BIN)/python -m tests.harness.seeds --n $(N) $(if $(CHAPTERS),--chapters $(CHAPTERS))
+
+# Each chapter under each mutant of tests/mutants/<chapter>.toml; writes tests/mutants/REPORT.md and
+# fails if a mutant survived. Not part of `make test`.
+mutants: $(INSTALLED)
+	$(BIN)/python -m tests.harness.mutants $(if $(CHAPTERS),--chapters $(CHAPTERS))
 
 # The built book in headless Chromium (Debian's chromium and chromium-driver, installed here when
 # missing); screenshots of each chapter land in _build/screenshots/.
