@@ -16,7 +16,7 @@ N ?= 20
 CHAPTERS ?=
 
 .PHONY: book test unit notebooks sphinx lint bench student clean cache-key browser-test timings seeds \
-	mutants
+	mutants bench-compare
 
 $(INSTALLED): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,14 @@ sphinx: $(INSTALLED) cache-key
 
 bench: $(INSTALLED)
 	$(BIN)/python -m bench
+
+# The benchmarks with neural-tangents timed beside learndyn, from an environment of its own
+# (neural-tangents is no dependency of learndyn).
+NTENV := _build/ntenv
+bench-compare: $(INSTALLED)
+	@test -x $(NTENV)/bin/python || $(PYTHON) -m venv $(NTENV)
+	$(NTENV)/bin/python -m pip install --quiet "neural-tangents==0.6.5" "jax[cpu]==0.4.26" "jaxlib==0.4.26"
+	NEURAL_TANGENTS_PYTHON=$(NTENV)/bin/python $(BIN)/python -m bench ndk
 
 # The committed run times of the course page: every notebook under nbval, the times copied into
 # book/notebook_timings.json, then the course page again, so that its cached copy shows them.
