@@ -79,7 +79,7 @@ def _ensemble(n_steps, record=1):
 
 def _moments(n_steps):
     drift = lambda w: -w + 0.1 * torch.sin(w)  # noqa: E731
-    times = torch.linspace(0, 0.01 * n_steps, n_steps + 1, dtype=torch.float64)
+    times = torch.linspace(0, 0.01 * n_steps, n_steps + 1, dtype=torch.float64, device=CPU)
     return integrate_moments(drift, torch.ones(2, device=CPU), 0.1 * torch.eye(2, device=CPU),
                              times, device=CPU)
 

@@ -1,32 +1,124 @@
-"""CPU and CUDA give the same float64 results up to rounding (run only where CUDA is present)."""
+"""CPU and CUDA give the same float64 results up to rounding, for every kernel family.
 
-import pytest
+Each test computes a kernel on the CPU and on ``OTHER``: CUDA where it is present, else the CPU
+again. On a CPU-only machine the second run happens with torch's default device set to ``meta``, so
+the test still proves that the kernel creates every tensor on its inputs' device (a tensor made
+without ``device=`` would land on ``meta`` and fail); on a GPU host it is the real comparison.
+Stochastic simulators are fed the same pre-drawn noise on both devices, so the comparison is exact up
+to rounding.
+"""
+
+import contextlib
+import math
+
 import torch
 
+from learndyn import gaussian, ndk, perceptron
 from learndyn.backend import make_generator
 from learndyn.ensemble import run_ensemble
-from learndyn.flows import integrate_moments
+from learndyn.flows import integrate_moments, rk4
+from learndyn.linear_networks import solve_lyapunov, stationary_covariance
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+CPU = torch.device("cpu")
+OTHER = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+F64 = torch.float64
 
 
-def test_moment_equations_cpu_gpu():
+@contextlib.contextmanager
+def on_other():
+    """Run the second computation with nothing but explicit devices to rely on."""
+    if OTHER.type == "cuda":
+        yield
+        return
+    previous = torch.get_default_device()
+    torch.set_default_device("meta")
+    try:
+        yield
+    finally:
+        torch.set_default_device(previous)
+
+
+def draw(*shape, seed=0):
+    return torch.randn(*shape, generator=make_generator(seed, device=CPU), dtype=F64, device=CPU)
+
+
+def assert_same(compute, *inputs, rtol=1e-12, atol=1e-14):
+    """``compute(*inputs)`` on the CPU and on OTHER (inputs moved there) agree; outputs on their device."""
+    reference = compute(*inputs)
+    with on_other():
+        moved = compute(*(x.to(OTHER) if isinstance(x, torch.Tensor) else x for x in inputs))
+    pairs = zip(reference, moved, strict=True) if isinstance(reference, tuple | list) \
+        else [(reference, moved)]
+    for ref, got in pairs:
+        assert got.device.type == OTHER.type and got.dtype == ref.dtype
+        torch.testing.assert_close(got.cpu(), ref, rtol=rtol, atol=atol)
+
+
+def test_gaussian_expectations_and_owens_t():
+    h, a = 3 * draw(500), torch.tan(math.pi * (torch.rand(500, dtype=F64) - 0.5))
+    assert_same(gaussian.owens_t, h, a)
+    v, mean = draw(4, 3, seed=1), draw(3, seed=2)
+    cov = torch.eye(3, dtype=F64) + 0.1 * torch.ones(3, 3, dtype=F64)
+    assert_same(gaussian.expected_cdf_times_input, v, mean, cov)
+    assert_same(gaussian.expected_cdf_squared_times_input, v, mean, cov)
+
+
+def test_perceptron_flows():
+    classes = {device: perceptron.GaussianClasses.make([1.0, 0.5], [-1.0, 0.0], [[0.6, 0.3], [0.3, 0.5]],
+                                                       [[0.3, 0.0], [0.0, 1.0]], device=device)
+               for device in (CPU, OTHER)}
+    w = draw(64, 2, seed=3)
+    for update in (perceptron.sl_mean_update, perceptron.rl_mean_update):
+        assert_same(lambda w_, update=update: update(w_, classes[w_.device], 0.1), w)
+    m, q = torch.rand(32, dtype=F64), 1 + torch.rand(32, dtype=F64)
+    for rule in ("sl", "rl"):
+        assert_same(lambda m_, q_, rule=rule: perceptron.isotropic_flow(m_, q_, 0.7, 1.0, 0.1, rule),
+                    m, q)
+
+
+def test_moment_equations_and_rk4():
     def drift(w):
         return torch.stack([torch.sin(w[..., 1]) - w[..., 0], -(w[..., 0] ** 3)], -1)
 
-    results = [integrate_moments(drift, [0.3, -0.2], [[0.2, 0.05], [0.05, 0.1]], [0.0, 0.5, 1.0],
-                                 device=device) for device in ("cpu", "cuda")]
-    for cpu, gpu in zip(results[0], results[1], strict=True):
-        torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-12, atol=1e-14)
+    mean, cov = torch.tensor([0.3, -0.2], dtype=F64), torch.tensor([[0.2, 0.05], [0.05, 0.1]], dtype=F64)
+    times = torch.linspace(0, 1, 5, dtype=F64)
+    assert_same(lambda m_, c_: integrate_moments(drift, m_, c_, times, device=m_.device), mean, cov)
+    assert_same(lambda y: rk4(lambda t, z: -z + torch.tanh(z), y, [0.0, 0.5, 1.0]), draw(16, 3))
 
 
-def test_deterministic_ensemble_cpu_gpu():
-    noise = torch.randn(50, 64, 3, generator=make_generator(0), dtype=torch.float64)
+def test_lyapunov_and_stationary_covariance():
+    root = draw(5, 5, seed=4)
+    hessian = root @ root.T / 5 + torch.eye(5, dtype=F64)
+    noise = torch.eye(5, dtype=F64) + 0.2 * hessian
+    assert_same(lambda h_, d_: solve_lyapunov(h_, d_, 0.1, 2), hessian, noise)
+    assert_same(lambda h_, d_: stationary_covariance(h_, d_, 0.1, 2), hessian, noise)
 
-    def run(device):
-        table = noise.to(device)
-        return run_ensemble(lambda w, z: w + 0.01 * torch.tanh(w @ w.T)[:, :3] + 0.1 * z,
-                            torch.zeros(64, 3, dtype=torch.float64, device=device), 50, record=10,
-                            noise=lambda k, g: table[:k]).records["state"]
 
-    torch.testing.assert_close(run("cuda").cpu(), run("cpu"), rtol=1e-10, atol=1e-12)
+def test_static_and_two_time_kernels_and_volterra():
+    x1, x2 = draw(6, 7, seed=5), draw(4, 7, seed=6)
+    for activation in ("relu", "erf"):
+        assert_same(lambda a_, b_, act=activation: ndk.static_kernels(a_, b_, weight_variance=1.5,
+                                                                     activation=act, depth=2), x1, x2)
+    times = torch.linspace(0, 4, 41, dtype=F64)
+
+    def volterra(t):
+        train, test, _ = ndk.symmetric_task_kernels(t, 0.7, activation="erf", depth=2, temperature=0.1,
+                                                    prior_variance=1.0, init_variance=4.0,
+                                                    device=t.device)
+        return ndk.solve_volterra(train, torch.ones(1, dtype=F64, device=t.device), t, test,
+                                  device=t.device)
+
+    assert_same(volterra, times, rtol=1e-11, atol=1e-13)
+
+
+def test_stochastic_runs_fed_the_same_noise():
+    table = draw(50, 64, 3, seed=7)
+
+    def run(noise):
+        def step(w, z):
+            return w + 0.01 * torch.tanh(w @ w.T)[:, :3] + 0.1 * z
+
+        return run_ensemble(step, torch.zeros(64, 3, dtype=F64, device=noise.device), 50, record=10,
+                            noise=lambda k, g: noise[:k], bound=100.0).records["state"]
+
+    assert_same(run, table, rtol=1e-10, atol=1e-12)

@@ -53,9 +53,11 @@ class EnsembleResult:
 
     @property
     def n_diverged(self) -> int:
+        """How many replicas were frozen."""
         return int(self.diverged.sum())
 
     def report(self) -> str:
+        """One line for a notebook: how many replicas diverged, and at which step the first did."""
         n = self.diverged.numel()
         if not self.n_diverged:
             return f"{n} replicas, none diverged"
@@ -78,6 +80,8 @@ def run_ensemble(
     generator: torch.Generator | None = None,
 ) -> EnsembleResult:
     """Advance an ensemble by ``n_steps`` updates of ``step``.
+
+    Implements :eq:`sgd-update` of :doc:`/book/sgd_stochastic_process`, for every replica at once.
 
     Parameters
     ----------
@@ -131,7 +135,7 @@ def run_ensemble(
     record_set = set(record_steps.tolist())
     records: dict[str, list[torch.Tensor]] = {}
     if 0 in record_set:
-        _append(records, observe(_pack(states, was_tuple)))
+        _append(records, observe(_pack(states, was_tuple)), device)
     good = states
     pending = None
     for t in range(n_steps):
@@ -149,7 +153,7 @@ def run_ensemble(
             states = tuple(_where(alive, s, g) for s, g in zip(states, good, strict=True))
             good = states
         if done in record_set:
-            _append(records, observe(_pack(states, was_tuple)))
+            _append(records, observe(_pack(states, was_tuple)), device)
 
     return EnsembleResult(
         steps=record_steps,
@@ -202,11 +206,13 @@ def _where(alive: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.T
     return torch.where(alive.view(-1, *([1] * (new.dim() - 1))), new, old)
 
 
-def _append(records: dict[str, list[torch.Tensor]], observed: dict[str, torch.Tensor]) -> None:
+def _append(records: dict[str, list[torch.Tensor]], observed: dict[str, torch.Tensor],
+            device: torch.device) -> None:
     if not isinstance(observed, dict):
         raise ValueError(f"observe must return a dict of tensors, got {type(observed).__name__}")
     for name, value in observed.items():
-        records.setdefault(name, []).append(torch.as_tensor(value).detach().clone())
+        value = value if isinstance(value, torch.Tensor) else torch.as_tensor(value, device=device)
+        records.setdefault(name, []).append(value.detach().clone())
 
 
 def replica_mean_and_error(samples: torch.Tensor, dim: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
