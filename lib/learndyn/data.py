@@ -116,12 +116,18 @@ def load_digits(classes=None, *, scale: bool = True, device=None,
 
 def train_test_split(x: torch.Tensor, y: torch.Tensor, test_fraction: float = 0.25, *,
                      generator: torch.Generator | None = None):
-    """A seeded random split into ``(x_train, y_train, x_test, y_test)``."""
+    """A seeded random split into ``(x_train, y_train, x_test, y_test)``, on the device of ``x``.
+
+    The split depends on the generator's stream: the same seed on the CPU and on CUDA gives different
+    splits (their generators differ), each reproducible on its own device.
+    """
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction={test_fraction!r} must lie in (0, 1)")
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"x has {x.shape[0]} rows but y has {y.shape[0]}")
-    order = torch.randperm(x.shape[0], generator=generator, device="cpu").to(x.device)
+    # the permutation is drawn on the generator's device (a CUDA generator draws on CUDA)
+    device = generator.device if generator is not None else x.device
+    order = torch.randperm(x.shape[0], generator=generator, device=device).to(x.device)
     n_test = max(1, int(round(test_fraction * x.shape[0])))
     test, train = order[:n_test], order[n_test:]
     return x[train], y[train], x[test], y[test]
