@@ -305,3 +305,109 @@ def test_feng_tu_measurements():
         ln.loss_profile_width(loss, torch.zeros(3), torch.eye(3), 0.0)
     with pytest.raises(ValueError, match="covariance"):
         ln.pca_variances([[1.0, 0.0], [0.0, -1.0]])
+
+
+# ---------------------------------------------------------------------------- the chapter's helpers
+
+
+def test_random_data_sets_and_hessian_and_noise_match_the_single_set_kernels(device):
+    x, y = ln.random_data_sets(3, 4, 9, 0.25, generator=make_generator(20, device), device=device)
+    assert x.shape == (3, 9, 4) and y.shape == (3, 9) and x.device.type == device.type
+    hessian, noise = ln.hessian_and_noise(x, y, device=device)
+    for k in range(3):
+        w_ls, _ = ln.least_squares_minimum(x[k], y[k], device=device)
+        np.testing.assert_allclose(hessian[k].cpu(), (x[k].T @ x[k] / 9).cpu(), rtol=1e-13)
+        np.testing.assert_allclose(noise[k].cpu(), ln.empirical_noise_covariance(
+            w_ls, x[k], y[k], device=device).cpu(), rtol=1e-9, atol=1e-13)
+    with pytest.raises(ValueError, match="P > N"):
+        ln.hessian_and_noise(x[:, :3], y[:, :3])
+    with pytest.raises(ValueError, match="label_noise_variance"):
+        ln.random_data_sets(1, 2, 3, -1.0)
+
+
+def test_leverage_noise_covariance_is_the_label_noise_average_of_d():
+    g = make_generator(21)
+    x = torch.randn(8, 3, generator=g, dtype=DTYPE)
+    labels = 0.5 * torch.randn(200_000, 8, generator=g, dtype=DTYPE)
+    _, noise = ln.hessian_and_noise(x.expand(200_000, -1, -1), labels)
+    mean, error = noise.mean(0), noise.std(0) / math.sqrt(200_000)
+    assert ((mean - ln.leverage_noise_covariance(x, 0.25)).abs() / error).max() < 5
+    # the leverages average to N / P: the trace of (1 - Pi) is P - N
+    hat = x @ torch.linalg.solve(x.T @ x, x.T)
+    assert abs(torch.trace(hat).item() - 3) < 1e-12
+
+
+def test_spectral_and_axis_statistics():
+    hessian = torch.diag(torch.tensor([1.0, 2.0, 4.0], dtype=DTYPE))
+    commutator, distance = ln.spectral_statistics(hessian, 0.3 * hessian)
+    assert commutator.item() < 1e-15 and distance.item() < 1e-15
+    rotation = torch.linalg.qr(torch.randn(3, 3, generator=make_generator(22), dtype=DTYPE))[0]
+    commutator, distance = ln.spectral_statistics(hessian, rotation @ hessian @ rotation.T)
+    assert commutator.item() > 0.1 and distance.item() < 1e-12  # same spectrum, other axes
+    gibbs = ln.fluctuation_axis_statistics(hessian, torch.linalg.inv(hessian))
+    assert abs(gibbs["corr"].item() + 1) < 1e-12
+    assert abs(gibbs["cv_h"].item() - gibbs["cv_eig"].item()) < 1e-12
+    with pytest.raises(ValueError, match="one shape"):
+        ln.spectral_statistics(hessian, torch.eye(2, dtype=DTYPE))
+
+
+def test_gibbs_guess_recovers_the_temperature():
+    inverse = torch.diag(torch.tensor([1.0, 0.5, 0.25], dtype=DTYPE))
+    np.testing.assert_allclose(ln.gibbs_guess(0.7 * inverse, inverse).numpy(),
+                               (0.7 * inverse).numpy(), rtol=1e-14)
+    weights = torch.ones(3, 3, dtype=DTYPE)
+    np.testing.assert_allclose(ln.gibbs_guess(0.7 * inverse, inverse, weights).numpy(),
+                               (0.7 * inverse).numpy(), rtol=1e-14)
+    with pytest.raises(ValueError, match="one shape"):
+        ln.gibbs_guess(inverse, inverse[:2, :2])
+
+
+def test_richardson_removes_the_first_order_and_measures_the_remainder():
+    def f(h):
+        return 1.0 + 3.0 * h + 5.0 * h**2
+
+    eta = 0.01
+    values = [torch.tensor(f(k * eta), dtype=DTYPE) for k in (1, 2, 4)]
+    errors = [torch.tensor(0.01, dtype=DTYPE)] * 3
+    extrapolated, error, remainder = ln.richardson(values, errors)
+    # 2 f(eta) - f(2 eta) = 1 - 2 * 5 eta^2; the measured remainder is exactly that term
+    assert abs(extrapolated.item() - (1 - 10 * eta**2)) < 1e-14
+    assert abs(remainder.item() - 10 * eta**2) < 1e-14
+    assert abs(error.item() - math.sqrt(5) * 0.01) < 1e-15
+    with pytest.raises(ValueError, match="3 entries"):
+        ln.richardson(values[:2], errors[:2])
+
+
+def test_flatness_exponent_and_jackknife_error():
+    flatness = torch.tensor([1.0, 2.0, 4.0], dtype=DTYPE)
+    # F ~ std^(-psi) with psi = 0.5: std = F^(-2), Var = F^(-4)
+    assert abs(ln.flatness_exponent(flatness**-4, flatness).item() - 0.5) < 1e-12
+    batch = torch.stack([flatness**-4, flatness**2])
+    np.testing.assert_allclose(ln.flatness_exponent(batch, flatness).numpy(), [0.5, -1.0])
+    with pytest.raises(ValueError, match="positive"):
+        ln.flatness_exponent(-flatness, flatness)
+    samples = torch.randn(400, generator=make_generator(23), dtype=DTYPE)
+    jack = ln.jackknife_error(samples, lambda m: m, n_groups=20)
+    # for the mean the jackknife is exactly the standard error of the 20 group means
+    group_means = samples.reshape(20, 20).mean(1)
+    assert abs(jack - group_means.std().item() / math.sqrt(20)) < 1e-12
+    with pytest.raises(ValueError, match="n_groups"):
+        ln.jackknife_error(samples, lambda m: m, n_groups=7)
+
+
+def test_linearised_two_layer_twin_shares_samples_and_stays_close(one_thread):
+    w1, w2, _, _, _ = ln.balanced_minimum(torch.diag(torch.tensor([2.0, 0.5], dtype=DTYPE)))
+    reference = torch.cat([w1.flatten(), w2.flatten()])
+    null = torch.zeros(8, 1, dtype=DTYPE)
+    null[0] = 1.0
+    runs = [ln.two_layer_sgd(w1, w2, w2 @ w1, 0.25, 0.01, 1, 64, 400, 100, linearised=lin,
+                             observe=ln.null_space_msd(reference, null), record=[400],
+                             generator=make_generator(24)) for lin in (False, True)]
+    nonlinear, linear = (r.second_moment.mean(0) for r in runs)
+    # common random numbers: the twin differs by the (small) nonlinearity, not by noise
+    assert ((nonlinear - linear).abs().max() / nonlinear.abs().max()).item() < 0.05
+    assert not torch.equal(nonlinear, linear)
+    assert runs[0].records["null_msd"].shape == (1, 64)
+    # a linear model keeps Q's first-order cancellation only approximately: Q moves at O(eta)
+    q_linear = ln.q_matrix(*runs[1].state) - ln.q_matrix(w1, w2)
+    assert q_linear.abs().max() > 0

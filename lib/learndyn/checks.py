@@ -26,13 +26,17 @@ starts with the check's name, when the claim fails in either direction.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.special import ndtri
 
-__all__ = ["FALSE_ALARM_PER_NOTEBOOK", "CheckFailed", "Claims", "Verdict", "OrderVerdict",
+OUTPUT_WIDTH = 88
+"""Printed lines are wrapped to this width, the width of the book's code column."""
+
+__all__ = ["FALSE_ALARM_PER_NOTEBOOK", "OUTPUT_WIDTH", "CheckFailed", "Claims", "Verdict", "OrderVerdict",
            "z_threshold"]
 
 FALSE_ALARM_PER_NOTEBOOK = 1e-3
@@ -50,6 +54,10 @@ def z_threshold(false_alarm: float, comparisons: int) -> float:
     if isinstance(comparisons, bool) or not isinstance(comparisons, int) or comparisons < 1:
         raise ValueError(f"comparisons={comparisons!r} must be an integer >= 1")
     return float(-ndtri(false_alarm / (2 * comparisons)))
+
+
+def _say(line: str) -> None:
+    print(textwrap.fill(line, OUTPUT_WIDTH, subsequent_indent="     ", break_on_hyphens=False))
 
 
 def _array(value, name: str) -> np.ndarray:
@@ -160,8 +168,8 @@ class Claims:
                           {k: float(np.max(v)) for k, v in budget.items()}, self.z)
         self.verdicts.append(verdict)
         rejected = ", ".join(f"{k} {v:.2f}" for k, v in wrong_ratios.items())
-        print(f"{'ok ' if ratio <= 1 else 'FAIL'} {name}: |gap|/tol {ratio:.2f}"
-              + (f"; wrong: {rejected}" if rejected else ""))
+        _say(f"{'ok  ' if ratio <= 1 else 'FAIL'} {name}: |gap|/tol {ratio:.2f}"
+             + (f"; wrong: {rejected}" if rejected else ""))
         if ratio > 1.0:
             raise CheckFailed(f"{name}: the theory misses the measurement by {ratio:.2f} tolerances "
                               f"(z = {self.z:.2f}, allowances {verdict.allowances})")
@@ -185,8 +193,8 @@ class Claims:
         scale = atol + rtol * np.abs(reference)
         gap = np.abs(computed - reference)
         ratio = float(np.max(gap / scale))
-        print(f"{'ok ' if ratio <= 1 else 'FAIL'} {name}: max gap {np.max(gap):.1e} "
-              f"(rtol {rtol:.0e}, atol {atol:.0e})")
+        _say(f"{'ok  ' if ratio <= 1 else 'FAIL'} {name}: max gap {np.max(gap):.1e} "
+             f"(rtol {rtol:.0e}, atol {atol:.0e})")
         if ratio > 1.0:
             raise CheckFailed(f"{name}: computed and reference differ by up to {np.max(gap):.3g}, "
                               f"{ratio:.2f} times the tolerance")
@@ -212,8 +220,8 @@ class Claims:
         observed = math.log(coarse / fine) / math.log(refinement)
         verdict = OrderVerdict(name, observed, float(expected), tuple(float(w) for w in wrong))
         good = abs(observed - expected) <= within
-        print(f"{'ok ' if good else 'FAIL'} {name}: order {observed:.2f} (expected {expected:g} "
-              f"+- {within:g}" + (f"; wrong: {', '.join(f'{w:g}' for w in wrong)}" if wrong else "") + ")")
+        _say(f"{'ok  ' if good else 'FAIL'} {name}: order {observed:.2f} (expected {expected:g} "
+             f"+- {within:g}" + (f"; wrong: {', '.join(f'{w:g}' for w in wrong)}" if wrong else "") + ")")
         if not good:
             raise CheckFailed(f"{name}: observed order {observed:.3f}, expected {expected} +- {within}")
         self.verdicts.append(verdict)
@@ -230,5 +238,5 @@ class Claims:
         """One line: how many checks passed and how much of the budget they spent."""
         line = (f"{self.chapter}: {self.passed} checks passed; {self.used} of {self.comparisons} "
                 f"declared comparisons at z = {self.z:.2f} (false-alarm budget {self.false_alarm:g})")
-        print(line)
+        _say(line)
         return line

@@ -419,12 +419,17 @@ def finite_data_single_layer_sgd(inputs, labels, eta: float, batch_size: int, n_
 
 def two_layer_sgd(w1, w2, teacher, label_noise_variance: float, eta: float, batch_size: int,
                   n_replicas: int, n_steps: int, burn_in: int, *, input_covariance=None,
-                  observe: Callable | None = None, record=None, generator=None,
-                  noise_chunk: int = 128, device=None, dtype=None) -> StationaryMoments:
-    """R replicas of online SGD on ``f = W2 W1 x`` started at ``(w1, w2)``, Eq. (ln-two-layer-sgd).
+                  observe: Callable | None = None, record=None, linearised: bool = False,
+                  generator=None, noise_chunk: int = 128, device=None,
+                  dtype=None) -> StationaryMoments:
+    """R replicas of online SGD on ``f = W2 W1 x`` started at ``(w1, w2)``.
 
-    Moments are of the flattened ``[W1 - w1, W2 - w2]``. ``observe(state)`` (a dict of small
-    per-replica tensors) is recorded at the steps ``record`` of the measurement window.
+    Implements :eq:`ln-two-layer-sgd` of :doc:`/book/linear_network_fluctuations`. Moments are of
+    the flattened ``[W1 - w1, W2 - w2]``. ``observe(state)`` (a dict of small per-replica tensors)
+    is recorded at the steps ``record`` of the measurement window. ``linearised=True`` runs SGD on
+    the network linearised at ``(w1, w2)``, ``f = W2 w1 x + w2 W1 x - w2 w1 x`` (Gaussian features
+    ``J_x`` of :eq:`ln-two-layer-hessian`); with the same ``generator`` seed both runs see the same
+    samples, so their difference measures the nonlinearity with common random numbers.
     """
     device, dtype = resolve_device(device), resolve_dtype(dtype)
     w1 = as_tensor(w1, "w1", device=device, dtype=dtype)
@@ -450,10 +455,15 @@ def two_layer_sgd(w1, w2, teacher, label_noise_variance: float, eta: float, batc
     def update(state, drawn):
         a1, a2 = state
         x, eps = drawn[..., :n], drawn[..., n:]
-        hidden = x @ a1.transpose(1, 2)  # (R, B, M)
-        error = hidden @ a2.transpose(1, 2) - x @ teacher.T - eps  # (R, B, K)
+        if linearised:  # output (a2 w1 + w2 a1 - w2 w1) x, gradients through w1 and w2
+            error = x @ (a2 @ w1 + w2 @ a1 - w2 @ w1 - teacher).transpose(1, 2) - eps
+            hidden, back = x @ w1.T, w2.T
+        else:
+            hidden = x @ a1.transpose(1, 2)  # (R, B, M)
+            error = hidden @ a2.transpose(1, 2) - x @ teacher.T - eps  # (R, B, K)
+            back = a2.transpose(1, 2)
         grad2 = error.transpose(1, 2) @ hidden / batch  # (R, K, M)
-        grad1 = a2.transpose(1, 2) @ error.transpose(1, 2) @ x / batch  # (R, M, N)
+        grad1 = back @ error.transpose(1, 2) @ x / batch  # (R, M, N)
         return a1 - eta * grad1, a2 - eta * grad2
 
     start = (w1.expand(replicas, *w1.shape).clone(), w2.expand(replicas, *w2.shape).clone())
@@ -608,6 +618,185 @@ def loss_profile_width(loss: Callable, center, directions, threshold: float, *,
     return widths[0] + widths[1]
 
 
+def flatness_exponent(variances, flatness) -> torch.Tensor:
+    """The exponent ``psi`` of ``F ~ std^(-psi)``: minus the least-squares slope of ``log F`` on ``log std``.
+
+    Implements :eq:`ln-flatness` of :doc:`/book/linear_network_fluctuations` (the fit of its
+    power law). ``variances`` ``(..., n)``, batched over leading axes, and ``flatness`` ``(n,)``.
+    """
+    v = torch.as_tensor(variances)
+    f = torch.as_tensor(flatness, dtype=v.dtype, device=v.device)
+    if v.shape[-1] != f.shape[-1] or v.shape[-1] < 2 or bool((v <= 0).any()) or bool((f <= 0).any()):
+        raise ValueError(f"variances {tuple(v.shape)} and flatness {tuple(f.shape)} must be positive "
+                         "with the same last axis of length >= 2")
+    log_std = 0.5 * v.log()
+    centred = log_std - log_std.mean(-1, keepdim=True)
+    log_f = f.log() - f.log().mean()
+    return -(centred * log_f).sum(-1) / (centred**2).sum(-1)
+
+
+# --------------------------------------------------------------------------------------------------
+# The chapter's experiments: data sets, Gibbs guess, step halving, jackknife
+# --------------------------------------------------------------------------------------------------
+
+
+def random_data_sets(n_sets: int, n_inputs: int, n_samples: int, label_noise_variance: float, *,
+                     generator=None, device=None, dtype=None):
+    """``n_sets`` teacher data sets: ``x ~ N(0, I)``, ``y = w*^T x / sqrt(N) + sigma eps``.
+
+    Implements the data of :eq:`ln-finite-noise` of :doc:`/book/linear_network_fluctuations`
+    (a teacher ``w* ~ N(0, I)`` per set). Returns inputs ``(n_sets, P, N)``, labels ``(n_sets, P)``.
+    """
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    sets, n, p = (check_count(n_sets, "n_sets"), check_count(n_inputs, "n_inputs"),
+                  check_count(n_samples, "n_samples"))
+    noise = math.sqrt(check_positive(label_noise_variance, "label_noise_variance", allow_zero=True))
+    generator = make_generator(device=device) if generator is None else generator
+    x = torch.randn(sets, p, n, generator=generator, device=device, dtype=dtype)
+    teacher = torch.randn(sets, n, generator=generator, device=device, dtype=dtype)
+    labels = (x @ teacher[..., None])[..., 0] / math.sqrt(n)
+    return x, labels + noise * torch.randn(sets, p, generator=generator, device=device, dtype=dtype)
+
+
+def hessian_and_noise(inputs, labels, *, device=None, dtype=None):
+    """``H = X^T X / P`` and ``D = (1/P) sum r_mu^2 x_mu x_mu^T`` at the least-squares minimum.
+
+    Implements :eq:`ln-finite-noise` of :doc:`/book/linear_network_fluctuations`, batched over
+    data sets: ``inputs`` ``(..., P, N)``, ``labels`` ``(..., P)`` with ``P > N``.
+    """
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    x = as_tensor(inputs, "inputs", device=device, dtype=dtype)
+    y = as_tensor(labels, "labels", device=device, dtype=dtype)
+    if x.dim() < 2 or y.shape != x.shape[:-1] or x.shape[-2] <= x.shape[-1]:
+        raise ValueError(f"inputs {tuple(x.shape)} and labels {tuple(y.shape)} must be (..., P, N) "
+                         "and (..., P) with P > N")
+    p = x.shape[-2]
+    hessian = x.transpose(-1, -2) @ x / p
+    w_ls = torch.linalg.solve(hessian, x.transpose(-1, -2) @ y[..., None] / p)
+    residuals = y - (x @ w_ls)[..., 0]
+    return hessian, (x * residuals[..., None] ** 2).transpose(-1, -2) @ x / p
+
+
+def leverage_noise_covariance(inputs, label_noise_variance: float, *, device=None, dtype=None):
+    """``E_eps D = (sigma^2/P) sum_mu (1 - Pi_mumu) x_mu x_mu^T`` with the hat matrix ``Pi``.
+
+    Implements :eq:`ln-leverage` of :doc:`/book/linear_network_fluctuations`; ``inputs`` ``(P, N)``.
+    """
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    x = as_tensor(inputs, "inputs", device=device, dtype=dtype)
+    if x.dim() != 2 or x.shape[0] <= x.shape[1]:
+        raise ValueError(f"inputs has shape {tuple(x.shape)}, expected (P, N) with P > N")
+    noise = check_positive(label_noise_variance, "label_noise_variance", allow_zero=True)
+    leverage = torch.diagonal(x @ torch.linalg.solve(x.T @ x, x.T))
+    return noise * (x.T * (1 - leverage)) @ x / x.shape[0]
+
+
+def spectral_statistics(hessian, noise):
+    """``||[H, D]|| / ||H D||`` and the L1 distance of the trace-normalised spectra of ``H``, ``D``.
+
+    Implements the measures of :eq:`ln-leverage` of :doc:`/book/linear_network_fluctuations`:
+    both vanish for ``D`` proportional to ``H``, as online. Batched over leading axes.
+    """
+    h, d = torch.as_tensor(hessian), torch.as_tensor(noise)
+    if h.shape != d.shape or h.dim() < 2:
+        raise ValueError(f"hessian {tuple(h.shape)} and noise {tuple(d.shape)} must be matrices "
+                         "of one shape")
+    commutator = torch.linalg.matrix_norm(h @ d - d @ h) / torch.linalg.matrix_norm(h @ d)
+    lam_h, lam_d = torch.linalg.eigvalsh(h), torch.linalg.eigvalsh(d)
+    distance = (lam_d / lam_d.sum(-1, keepdim=True) - lam_h / lam_h.sum(-1, keepdim=True)).abs()
+    return commutator, distance.sum(-1)
+
+
+def fluctuation_axis_statistics(hessian, covariance) -> dict:
+    """Along the principal axes ``u_i`` of ``S``: how the variances ``s_i`` meet the curvature.
+
+    Implements :eq:`ln-principal-axes` of :doc:`/book/linear_network_fluctuations`: returns,
+    batched over leading axes, the coefficients of variation ``cv_s`` of ``s_i``, ``cv_h`` of
+    ``h_i = u_i^T H u_i`` and ``cv_eig`` of the eigenvalues of ``H``, and ``corr``, the
+    correlation of ``log s_i`` with ``log h_i`` (``-1`` for the Gibbs guess :eq:`ln-gibbs`).
+    """
+    h, s = torch.as_tensor(hessian), torch.as_tensor(covariance)
+    variances, axes = pca_variances(s, device=s.device, dtype=s.dtype)
+    curvature = torch.einsum("...ai,...ab,...bi->...i", axes, h, axes)
+    log_s = variances.log() - variances.log().mean(-1, keepdim=True)
+    log_h = curvature.log() - curvature.log().mean(-1, keepdim=True)
+
+    def cv(values):
+        return values.std(-1) / values.mean(-1)
+
+    return {"cv_s": cv(variances), "cv_h": cv(curvature), "cv_eig": cv(torch.linalg.eigvalsh(h)),
+            "corr": (log_s * log_h).sum(-1) / (log_s.norm(dim=-1) * log_h.norm(dim=-1))}
+
+
+def gibbs_guess(measured, inverse_hessian, weights=None) -> torch.Tensor:
+    """The Gibbs guess ``T H^{-1}`` with the temperature that fits ``measured`` best.
+
+    Implements :eq:`ln-gibbs` of :doc:`/book/linear_network_fluctuations`: ``T`` minimises
+    ``sum w (measured - T H^{-1})^2`` (weights ``w``, default 1) over all entries.
+    """
+    m = torch.as_tensor(measured)
+    inverse = torch.as_tensor(inverse_hessian, dtype=m.dtype, device=m.device)
+    w = torch.ones_like(m) if weights is None else torch.as_tensor(weights, dtype=m.dtype,
+                                                                    device=m.device)
+    if m.shape != inverse.shape or w.shape != m.shape:
+        raise ValueError(f"measured {tuple(m.shape)}, inverse_hessian {tuple(inverse.shape)} and "
+                         f"weights {tuple(w.shape)} must have one shape")
+    return (w * m * inverse).sum() / (w * inverse * inverse).sum() * inverse
+
+
+def richardson(values, errors):
+    """Richardson extrapolation to ``eta -> 0`` from runs at ``eta``, ``2 eta`` and ``4 eta``.
+
+    Implements :eq:`ln-richardson` of :doc:`/book/linear_network_fluctuations`. ``values`` and
+    ``errors`` are three tensors each (the measurement and its standard error at ``eta``, ``2 eta``,
+    ``4 eta``, independent runs). Returns ``(2 m_1 - m_2, its standard error, |remainder|)``, where
+    the ``O(eta^2)`` remainder of the extrapolation is measured as
+    ``|(2 m_1 - m_2) - (2 m_2 - m_4)| / 3``.
+    """
+    if len(values) != 3 or len(errors) != 3:
+        raise ValueError(f"values and errors need 3 entries each (eta, 2 eta, 4 eta), got "
+                         f"{len(values)} and {len(errors)}")
+    m1, m2, m4 = (torch.as_tensor(v) for v in values)
+    e1, e2 = (torch.as_tensor(e) for e in errors[:2])
+    extrapolated, coarser = 2 * m1 - m2, 2 * m2 - m4
+    return extrapolated, (4 * e1**2 + e2**2).sqrt(), (extrapolated - coarser).abs() / 3
+
+
+def jackknife_error(samples, statistic: Callable, n_groups: int = 25) -> float:
+    """Jackknife standard error of ``statistic(mean over replicas)`` from ``n_groups`` groups.
+
+    Implements the error bar of :eq:`ln-flatness` of :doc:`/book/linear_network_fluctuations`.
+    ``samples`` ``(R, ...)`` per replica; ``statistic`` maps a batch of means ``(n_groups, ...)``
+    to one number each. ``R`` must be a multiple of ``n_groups``.
+    """
+    x = torch.as_tensor(samples)
+    groups = check_count(n_groups, "n_groups", minimum=2)
+    if x.shape[0] % groups:
+        raise ValueError(f"samples has {x.shape[0]} replicas, not a multiple of n_groups={groups}")
+    sums = x.reshape(groups, -1, *x.shape[1:]).sum(1)
+    leave_out = (sums.sum(0, keepdim=True) - sums) / (x.shape[0] - x.shape[0] // groups)
+    jack = statistic(leave_out)
+    return math.sqrt((groups - 1) / groups * ((jack - jack.mean()) ** 2).sum().item())
+
+
+def null_space_msd(reference, null_basis) -> Callable:
+    """An ``observe`` callback for :func:`two_layer_sgd`: squared displacement along ``null_basis``.
+
+    Implements the symmetry directions of :eq:`ln-q-identity` of
+    :doc:`/book/linear_network_fluctuations`: ``null_basis`` ``(d, n_null)`` has orthonormal
+    columns, ``reference`` ``(d,)`` is the flattened minimum.
+    """
+    ref, basis = torch.as_tensor(reference), torch.as_tensor(null_basis)
+    check_shape(basis, (ref.shape[-1], None), "null_basis")
+
+    def observe(state):
+        w1, w2 = state
+        delta = torch.cat([w1.flatten(1), w2.flatten(1)], 1) - ref
+        return {"null_msd": ((delta @ basis) ** 2).sum(1)}
+
+    return observe
+
+
 def _standard_normal(shape, generator, device, dtype):
     """Standard normals in ``dtype``; on the CPU drawn in float32 and promoted (4x faster).
 
@@ -639,10 +828,12 @@ def _input_covariance(input_covariance, n, device, dtype):
 
 __all__ = [
     "ORDERS", "StationaryMoments", "balanced_minimum", "empirical_fourth_moment",
-    "empirical_noise_covariance", "finite_data_single_layer_sgd", "gaussian_feature_fourth_moment",
-    "least_squares_minimum", "loss_profile_width", "online_fourth_moment",
-    "online_noise_covariance", "online_single_layer_sgd", "pca_variances", "probability_current",
-    "probability_current_matrix", "q_matrix", "range_projector", "sampling_factor",
-    "second_layer_mode_variances", "second_layer_modes", "solve_lyapunov", "stationary_covariance",
-    "two_layer_jacobians", "two_layer_range_covariance", "two_layer_sgd",
+    "empirical_noise_covariance", "finite_data_single_layer_sgd", "flatness_exponent",
+    "fluctuation_axis_statistics", "gaussian_feature_fourth_moment", "gibbs_guess",
+    "hessian_and_noise", "jackknife_error", "least_squares_minimum", "leverage_noise_covariance",
+    "loss_profile_width", "null_space_msd", "online_fourth_moment", "online_noise_covariance",
+    "online_single_layer_sgd", "pca_variances", "probability_current", "probability_current_matrix",
+    "q_matrix", "random_data_sets", "range_projector", "richardson", "sampling_factor",
+    "second_layer_mode_variances", "second_layer_modes", "solve_lyapunov", "spectral_statistics",
+    "stationary_covariance", "two_layer_jacobians", "two_layer_range_covariance", "two_layer_sgd",
 ]
