@@ -798,13 +798,12 @@ def null_space_msd(reference, null_basis) -> Callable:
 
 
 def _standard_normal(shape, generator, device, dtype):
-    """Standard normals in ``dtype``; on the CPU drawn in float32 and promoted (4x faster).
+    """Standard normals in ``dtype``, drawn in float32 and promoted, on every device alike.
 
-    The float32 quantisation (relative 6e-8) is far below any Monte Carlo error of the chapter.
+    Drawing in float32 is 4x faster on the CPU; its quantisation (relative 6e-8) is far below any
+    Monte Carlo error of the chapter. The same rule on CPU and CUDA keeps the two paths alike.
     """
-    if device.type == "cpu":
-        return torch.randn(shape, generator=generator, device=device, dtype=torch.float32).to(dtype)
-    return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+    return torch.randn(shape, generator=generator, device=device, dtype=torch.float32).to(dtype)
 
 
 def _data(inputs, labels, device, dtype):
