@@ -29,7 +29,9 @@ def replica_moments(samples: torch.Tensor, replica_dim: int = 0) -> ReplicaMomen
 
     The standard error of the mean is ``std / sqrt(R)``; that of each covariance entry is the standard
     deviation of the centred products ``d_i d_j`` over the replicas, over ``sqrt(R)`` (the delta method:
-    the error of the estimated mean in the centring is one order smaller).
+    the error of the estimated mean in the centring is one order smaller). These are the measured
+    moments that :eq:`sgd-mean-equation` and :eq:`sgd-covariance-equation` of
+    :doc:`/book/sgd_stochastic_process` predict.
     """
     if not isinstance(samples, torch.Tensor) or samples.dim() < 2:
         raise ValueError("samples must be a tensor with a replica axis and a trailing weight axis")
