@@ -33,7 +33,7 @@ from .backend import (
 )
 from .ensemble import replica_mean_and_error, run_ensemble
 
-#: The orders of `stationary_covariance`: the Lyapunov continuum, its next order in eta, the exact
+#: The orders of ``stationary_covariance``: the Lyapunov continuum, its next order in eta, the exact
 #: discrete fixed point.
 ORDERS = ("continuum", "next_order", "discrete")
 
