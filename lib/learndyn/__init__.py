@@ -11,5 +11,5 @@ a chapter module.
 
 from .backend import make_generator, resolve_device, resolve_dtype, seed_from_environment
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["make_generator", "resolve_device", "resolve_dtype", "seed_from_environment"]
