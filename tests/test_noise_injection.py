@@ -2,11 +2,13 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from learndyn import noise_injection as ni
 from learndyn.backend import make_generator
+from learndyn.checks import CheckFailed
 
 F64 = torch.float64
 
@@ -216,3 +218,93 @@ def test_wishart_moments_of_a_single_sample_are_rank_one(device):
     x2, xe, e2 = ni.sample_batch_moments((1000,), 1, 1.2, 0.4,
                                          make_generator(9, device=device), device=device)
     torch.testing.assert_close(xe * xe, x2 * e2, rtol=1e-12, atol=1e-15)
+
+
+def test_initial_decay_rate_reads_the_slope_at_zero(device):
+    eta, steps = 0.01, torch.arange(11, device=device, dtype=F64)
+    # log w = -rate * eta * k + c k^2: the quadratic fit is exact
+    rates = torch.tensor([0.5, 3.0, 40.0], device=device, dtype=F64)
+    log_w = -rates * eta * steps[:, None] + 1e-3 * steps[:, None] ** 2
+    torch.testing.assert_close(ni.initial_decay_rate(log_w, 10, eta), rates)
+    # a geometric decay (1 - u)^k has the one-step rate -log(1 - u) / eta
+    u = 0.2
+    got = ni.initial_decay_rate(steps * math.log(1 - u), 6, eta)
+    assert math.isclose(float(got), -math.log(1 - u) / eta, rel_tol=1e-10)
+    with pytest.raises(ValueError, match="n_fit"):
+        ni.initial_decay_rate(log_w, 11, eta)
+    with pytest.raises(ValueError, match="n_fit"):
+        ni.initial_decay_rate(log_w, 1, eta)
+
+
+def test_observed_phase_reads_the_four_phases(device):
+    start = torch.full((4,), 0.1, device=device, dtype=F64)
+    path = torch.tensor([[0.1, 0.1, 0.1, 0.1], [0.1, 0.05, 0.2, 0.1], [0.099, 0.01, 0.02, 1e3]],
+                        device=device, dtype=F64)
+    diverged = torch.tensor([False, False, False, True], device=device)
+    assert ni.observed_phase(path, start, diverged).tolist() == [0, 1, 2, 3]
+    # a smaller growth margin or a weaker decay criterion moves runs between phases
+    assert ni.observed_phase(path, start, diverged, decay=1.05).tolist() == [0, 1, 2, 3]
+    assert ni.observed_phase(path, start, diverged, growth=3.0).tolist() == [0, 1, 1, 3]
+
+
+def test_predicted_phase_follows_the_thresholds(device):
+    sigma = torch.tensor([0.05, 3.0, 16.0, 60.0], device=device, dtype=F64)
+    centre = tuple(torch.full((4,), c, device=device, dtype=F64) for c in (1.5, 1.0, 0.1))
+    pred = ni.predicted_phase(centre, sigma, 1000, eta=0.01, batch_size=1024)
+    assert pred.phase.tolist() == [0, 1, 2, 3]
+    assert pred.band.dtype == torch.bool and pred.band.shape == (4,)
+    th = ni.phase_thresholds(*centre, eta=0.01, batch_size=1024, device=device)
+    torch.testing.assert_close(pred.thresholds.catapult, th.catapult)
+    # wrong theories: a catapult threshold sqrt(2) higher, divergence only above sigma_div
+    late = ni.predicted_phase(centre, sigma, 1000, eta=0.01, batch_size=1024,
+                              catapult=math.sqrt(2) * th.catapult)
+    assert late.phase.tolist() == [0, 1, 1, 3]
+    printed = ni.predicted_phase(centre, sigma, 1000, eta=0.01, batch_size=1024,
+                                 divergent=th.divergent)
+    assert printed.phase.tolist() == [0, 1, 2, 2]
+    # a wider band (larger z) never decides more runs
+    wide = ni.predicted_phase(centre, sigma, 1000, eta=0.01, batch_size=1024, z=50.0)
+    assert bool((wide.band | ~pred.band).all())
+    with pytest.raises(ValueError, match="initial"):
+        ni.predicted_phase(centre[:2], sigma, 10, eta=0.01, batch_size=4)
+
+
+def _history(nin, next_norm, accuracy, test_loss, diverged=None):
+    nin = np.asarray(nin, dtype=float)
+    return {"nin_norm": nin, "next_norm": np.asarray(next_norm, dtype=float),
+            "test_accuracy": np.asarray(accuracy, dtype=float),
+            "test_loss": np.asarray(test_loss, dtype=float),
+            "diverged": np.zeros(nin.shape[1], bool) if diverged is None else np.asarray(diverged)}
+
+
+def test_mlp_phases_and_signatures():
+    # decoupled, decay, catapult, divergent; columns are networks, rows records
+    history = _history(nin=[[1, 1, 1, 1], [1, 0.5, 3, 50], [1.05, 0.1, 1, 500]],
+                       next_norm=[[1, 1, 1, 1], [1, 0.9, 0.6, 2], [1, 0.95, 0.7, 5]],
+                       accuracy=[[0.1] * 4, [0.5] * 4, [0.9, 0.9, 0.9, 0.2]],
+                       test_loss=[[1, 1, 1, 1], [0.5, 0.5, 0.5, 2], [0.1, 0.1, 0.2, 3]])
+    phase, ratio = ni.classify_nin_mlp(history)
+    assert phase.tolist() == [0, 1, 2, 3] and ratio.shape == (3, 4)
+    sigmas = np.array([0.1, 1.0, 10.0, 30.0])
+    signatures = ni.nin_mlp_signatures(history, phase, sigmas, learned_accuracy=0.8)
+    held = {name: holds for name, (holds, _) in signatures.items()}
+    # one decay network: its dip has no standard error, so the dip signature cannot hold
+    assert not held.pop("next layer dips deeper in a catapult")
+    assert all(held.values()), held
+    ni.assert_signatures({k: v for k, v in signatures.items() if k in held})
+    with pytest.raises(CheckFailed, match="four phases in order of noise"):
+        ni.assert_signatures(ni.nin_mlp_signatures(history, phase, sigmas[::-1],
+                                                   learned_accuracy=0.8))
+
+
+def test_mlp_phase_figure_has_four_panels():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    history = _history(nin=[[1, 1, 1, 1], [1, 0.5, 3, 50], [1.05, 0.1, 1, 500]],
+                       next_norm=np.ones((3, 4)), accuracy=np.full((3, 4), 0.5),
+                       test_loss=np.ones((3, 4)))
+    history["train_loss"], history["steps"] = np.ones((3, 4)), np.arange(3)
+    fig = ni.plot_nin_mlp_phases(history, np.array([0, 1, 2, 3]), np.ones(4), 0.1,
+                                 np.array([0.1, 1.0, 10.0, 30.0]), "loss")
+    assert len(fig.axes) == 8      # four panels, each with a twin axis for the accuracy

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from .backend import (
@@ -33,6 +35,7 @@ from .backend import (
     resolve_device,
     resolve_dtype,
 )
+from .checks import CheckFailed
 from .ensemble import EnsembleResult, run_ensemble
 
 MOMENT_MODES = ("samples", "wishart", "reduced", "reduced_even")
@@ -259,6 +262,113 @@ def mean_map_trajectory(initial, eta, sigma_eps, n_steps, *, sigma_x=1.0, target
         path.append(new)
     path = torch.stack(path)
     return path[:, 0], path[:, 1], path[:, 2]
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading phases and decay rates off an ensemble, and predicting them
+# --------------------------------------------------------------------------------------------------
+
+PHASES = ("decoupled", "decay", "catapult", "divergent")
+"""The phases of the toy model, Eq. :eq:`ni-thresholds` of :doc:`/book/noise_injection`, by class number."""
+
+
+def initial_decay_rate(log_values, n_fit, eta):
+    """The decay rate at ``t = 0`` of ``log_values`` (time along the first axis, one record a step).
+
+    Fits a quadratic in the step ``k`` to ``log_values[: n_fit + 1]`` by least squares, per column,
+    and returns minus its slope at ``k = 0`` divided by ``eta``: the rate in units of
+    ``1 / (eta * steps)``, the time of the flow. Implements the measurement of
+    :eq:`ni-time-scales` of :doc:`/book/noise_injection`.
+    """
+    log_values = torch.as_tensor(log_values)
+    check_count(n_fit, "n_fit", minimum=2)
+    eta = check_positive(eta, "eta")
+    if log_values.shape[0] < n_fit + 1:
+        raise ValueError(f"log_values has {log_values.shape[0]} records; n_fit={n_fit} needs {n_fit + 1}")
+    steps = torch.arange(n_fit + 1, dtype=log_values.dtype, device=log_values.device)
+    design = torch.stack([torch.ones_like(steps), steps, steps**2], 1)
+    window = log_values[: n_fit + 1].reshape(n_fit + 1, -1)
+    slope = torch.linalg.lstsq(design, window).solution[1]
+    return (-slope / eta).reshape(log_values.shape[1:])
+
+
+def observed_phase(wn_path, wn_start, diverged, *, growth=1.05, decay=math.e):
+    """The phase each run of the toy model shows: 0 decoupled, 1 decay, 2 catapult, 3 divergent.
+
+    ``wn_path`` is ``|w_NI|`` or ``w_NI`` over the records (shape ``(T, R)``), ``wn_start`` the
+    initial NIW (``(R,)``), ``diverged`` the runs that left the ball (``(R,)``). Divergent runs are
+    those flagged; a catapult's NIW rises above ``growth`` times its start at some record; a decay
+    run's NIW ends below ``1/decay`` of its start; the rest are decoupled. The phases of
+    :eq:`ni-thresholds` of :doc:`/book/noise_injection`, read off a simulation.
+    """
+    ratio = (torch.as_tensor(wn_path).abs() / torch.as_tensor(wn_start).abs().to(wn_path.device)).cpu()
+    diverged = torch.as_tensor(diverged).cpu()
+    catapult = (ratio.amax(0) > growth) & ~diverged
+    decayed = (ratio[-1] < 1 / decay) & ~diverged & ~catapult
+    phase = torch.zeros(ratio.shape[1], dtype=torch.long)
+    phase[decayed], phase[catapult], phase[diverged] = 1, 2, 3
+    return phase
+
+
+class PhasePrediction(NamedTuple):
+    """The phase theory gives each run, whether the run lies in an uncertain band, the thresholds."""
+
+    phase: torch.Tensor
+    band: torch.Tensor
+    thresholds: PhaseThresholds
+
+
+def predicted_phase(initial, sigma_eps, n_steps, *, eta, batch_size, sigma_x=1.0, target_slope=1.0,
+                    z=5.0, growth=1.05, decay=math.e, bound=1e6, catapult=None,
+                    divergent=None) -> PhasePrediction:
+    """The phase of each run predicted from its initial weights, with the band of runs too close to a
+    boundary to be decided. Implements :eq:`ni-thresholds` and :eq:`ni-reduced-map` of
+    :doc:`/book/noise_injection`.
+
+    Catapult (or worse) if ``sigma_eps`` exceeds the linear-stability threshold ``catapult``
+    (default: ``sigma_cat`` of :func:`phase_thresholds`); divergent if the averaged map
+    (:func:`mean_map_trajectory`) escapes the ball ``bound`` within ``n_steps`` (or, when a
+    threshold ``divergent`` is given, if ``sigma_eps`` exceeds it); decay if that map shrinks the
+    NIW by ``decay`` within ``n_steps``. The bands are ``z`` standard deviations of the sources of
+    spread: the fluctuation ``s = sqrt(2/B)`` of ``<eps^2>`` (``z s`` in ``sigma_eps^2``), the margin
+    ``growth - 1`` of the catapult criterion, twice the first step's relative change ``|C/w1|`` of
+    ``w1``, and the random walk of ``w_NI`` (kicks ``A~`` and ``<eps^2>`` fluctuations) along the
+    averaged path for the decay criterion.
+    """
+    eta = check_positive(eta, "eta")
+    check_count(batch_size, "batch_size")
+    z = check_positive(z, "z")
+    if len(initial) != 3:
+        raise ValueError(f"initial must be (w0, w1, wn), got {len(initial)} tensors")
+    w0, w1, wn = (torch.as_tensor(v) for v in initial)
+    initial = (w0, w1, wn)
+    sigma_eps = torch.as_tensor(sigma_eps, dtype=w0.dtype, device=w0.device)
+    spread = math.sqrt(2 / batch_size)
+    options = dict(device=w0.device, dtype=w0.dtype)
+    th = phase_thresholds(w0, w1, wn, eta, sigma_x, batch_size, target_slope, **options)
+    coeff = reduced_map_coefficients(w0, w1, wn, eta, sigma_x, batch_size, target_slope, **options)
+    paths = {f: mean_map_trajectory(initial, eta, sigma_eps * math.sqrt(max(f, 0.0)), n_steps,
+                                    sigma_x=sigma_x, target_slope=target_slope, bound=bound, **options)
+             for f in (1 - z * spread, 1.0, 1 + z * spread)}
+    escaped = {f: p[1][-1].abs().ge(bound) | p[2][-1].abs().ge(bound) for f, p in paths.items()}
+    w0p, w1p, wnp = paths[1.0]
+    relative = (sigma_eps / (th.catapult if catapult is None else catapult)) ** 2 - 1
+    catapult_band = relative.abs() < z * spread + (growth - 1) + 2 * (coeff["C"] / w1).abs()
+    u = eta * sigma_eps**2 * w1p[:-1] ** 2
+    kick = eta * sigma_x * sigma_eps * (w1p * (w1p * w0p - target_slope))[:-1] / math.sqrt(batch_size)
+    to_end = wnp[-1] / wnp[1:]                                 # the propagator from t + 1 to T
+    var_end = (kick * to_end).square().sum(0) + wnp[-1] ** 2 * (u * spread / (1 - u)).square().sum(0)
+    decayed = wnp[-1].abs() < wn.abs() / decay
+    decay_band = (wnp[-1].abs() - wn.abs() / decay).abs() < z * var_end.sqrt()
+    if divergent is None:
+        diverges = escaped[1.0]
+        divergent_band = escaped[1 - z * spread] != escaped[1 + z * spread]
+    else:
+        diverges = sigma_eps > divergent
+        divergent_band = torch.zeros_like(diverges)
+    phase = torch.where(diverges, 3, torch.where(relative > 0, 2, torch.where(decayed, 1, 0)))
+    band = divergent_band | (catapult_band & ~diverges) | (decay_band & (relative <= 0) & ~diverges)
+    return PhasePrediction(phase.cpu(), band.cpu(), th)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -524,6 +634,110 @@ def train_nin_mlp(params, x_train, y_train, x_test, y_test, sigma_eps, *, eta, b
     return history
 
 
+def classify_nin_mlp(history, *, decay_factor=math.e, growth=2.0, runaway=100.0):
+    """Phase of each network trained by :func:`train_nin_mlp` and its NIW-norm ratio over time.
+
+    0 decoupled, 1 decay, 2 catapult, 3 divergent (the order of :data:`PHASES`): divergent if the
+    model was flagged or its NIW norm ends ``runaway`` times above its start; catapult if the norm
+    rises to ``growth`` times its start; decay if it ends below ``1/decay_factor`` of its start.
+    The phases of :eq:`ni-thresholds` of :doc:`/book/noise_injection`, read off a network.
+    Returns ``(phase, nin_ratio)``, numpy arrays of shapes ``(n_models,)`` and ``(T, n_models)``.
+    """
+    nin_ratio = history["nin_norm"] / history["nin_norm"][0]
+    divergent = history["diverged"] | (nin_ratio[-1] > runaway)
+    catapult = (nin_ratio.max(0) >= growth) & ~divergent
+    decay = (nin_ratio[-1] < 1 / decay_factor) & ~catapult & ~divergent
+    return np.select([divergent, catapult, decay], [3, 2, 1], default=0), nin_ratio
+
+
+def nin_mlp_signatures(history, phase, sigmas, *, learned_accuracy, z=0.0):
+    """The qualitative signatures of the four phases in a network, each as ``(holds, detail)``.
+
+    Implements the phase signatures of :eq:`ni-mlp-rates` of :doc:`/book/noise_injection`: the four
+    phases occur in the order of increasing median ``sigmas``; decoupled and decay networks learn
+    (test accuracy above ``learned_accuracy``, test loss down 4 times); the median catapult's NIW
+    falls by a third from its peak and every catapult network learns; the next layer's norm dips
+    lower in a catapult than in a decay (the mean minimum of ``|W1| / |W1|_0``, by more than ``z``
+    standard errors); divergent
+    networks end below 60 % accuracy with a test loss above its start.
+    """
+    accuracy, test_loss = history["test_accuracy"][-1], history["test_loss"]
+    nin_ratio = history["nin_norm"] / history["nin_norm"][0]
+    medians = [np.median(sigmas[phase == k]) for k in range(4) if (phase == k).any()]
+    learned, cat, div = phase <= 1, phase == 2, phase == 3
+    dip = (history["next_norm"] / history["next_norm"][0]).min(0)
+    dip_cat, dip_decay = dip[cat], dip[phase == 1]
+    if min(len(dip_cat), len(dip_decay)) >= 2:
+        gap = dip_decay.mean() - dip_cat.mean()
+        gap_se = math.sqrt(dip_cat.var(ddof=1) / len(dip_cat) + dip_decay.var(ddof=1) / len(dip_decay))
+    else:
+        gap, gap_se = np.nan, np.nan                 # no standard error from fewer than 2 networks
+    return {
+        "four phases in order of noise": (
+            len(medians) == 4 and all(a < b for a, b in zip(medians, medians[1:], strict=False)),
+            "medians " + ", ".join(f"{m:.3g}" for m in medians)),
+        "decoupled and decay networks learn": (
+            bool((accuracy[learned] > learned_accuracy).all()
+                 and (test_loss[-1, learned] < test_loss[0, learned] / 4).all()),
+            f"lowest accuracy {accuracy[learned].min():.2f}"),
+        "catapult NIWs fall back and the network learns": (
+            bool(cat.any() and np.median(nin_ratio[-1, cat] / nin_ratio[:, cat].max(0)) < 1 / 1.5
+                 and (accuracy[cat] > learned_accuracy).all()),
+            f"{int(cat.sum())} networks"),
+        "next layer dips deeper in a catapult": (
+            bool(gap > z * gap_se), f"gap {gap:.3f}, {gap / gap_se:.1f} se (need > {z:g} se)"),
+        "divergent networks fail": (
+            bool(div.any() and (accuracy[div] < 0.6).all()
+                 and (test_loss[-1, div] > test_loss[0, div]).all()),
+            f"{int(div.sum())} networks"),
+    }
+
+
+def assert_signatures(signatures):
+    """Print one line per qualitative signature ``name: (holds, detail)`` and raise
+    :class:`learndyn.checks.CheckFailed` naming the first that does not hold."""
+    for name, (holds, detail) in signatures.items():
+        print(f"{'ok ' if holds else 'FAIL'} {name}: {detail}")
+    failed = [name for name, (holds, _) in signatures.items() if not holds]
+    if failed:
+        raise CheckFailed(f"{failed[0]}: the signature does not hold ({signatures[failed[0]][1]})")
+
+
+def plot_nin_mlp_phases(history, phase, b_ni, eta, sigmas, loss_name):
+    """One network of each phase (the median noise strength of its class): NIW and next-layer norms,
+    losses, test accuracy, and the NIW decay ``exp(-eta sigma^2 b_NI t)`` of :eq:`ni-mlp-rates` of
+    :doc:`/book/noise_injection`. Returns the figure."""
+    from .plotting import PALETTE, new_figure, theory_line
+
+    fig, axes = new_figure(2, 2, width=4.6, height=3.2, sharex=True)
+    steps = history["steps"]
+    for k, ax in enumerate(axes.flat):
+        members = np.flatnonzero(phase == k)
+        if len(members) == 0:
+            continue
+        index = int(members[np.argsort(sigmas[members])[len(members) // 2]])
+        for key, colour, label in (("nin_norm", 0, r"$|\mathbf{w}_{\rm NI}|$"),
+                                   ("next_norm", 1, r"$\|W_1\|$"),
+                                   ("train_loss", 3, f"train {loss_name}"),
+                                   ("test_loss", 2, f"test {loss_name}")):
+            ax.plot(steps, history[key][:, index], color=PALETTE[colour], label=label)
+        rate = eta * sigmas[index] ** 2 * b_ni[index]
+        theory_line(ax, steps, history["nin_norm"][0, index] * np.exp(-rate * steps), lw=2.4, alpha=0.35,
+                    label=r"$|\mathbf{w}_{\rm NI,0}|e^{-\eta\sigma_\epsilon^2 b_{\rm NI} t}$")
+        twin = ax.twinx()
+        twin.plot(steps, history["test_accuracy"][:, index], color=PALETTE[2], ls="--", lw=1)
+        twin.set_ylim(0, 1.05)
+        twin.set_ylabel("test accuracy (dashed)", fontsize="x-small")
+        ax.set(yscale="log", ylim=(1e-3, 1e4), title=f"{PHASES[k]}: $\\sigma_\\epsilon = {sigmas[index]:g}$")
+        ax.set_xscale("symlog", linthresh=20)
+    for ax in axes[1]:
+        ax.set_xlabel("SGD step $t$")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("norm, loss")
+    axes[0, 0].legend(fontsize="x-small", loc="upper right")
+    return fig
+
+
 def _nonnegative(value, name, device, dtype):
     tensor = as_tensor(value, name, device=device, dtype=dtype)
     if bool((tensor < 0).any()) or not bool(torch.isfinite(tensor).all()):
@@ -532,8 +746,10 @@ def _nonnegative(value, name, device, dtype):
 
 
 __all__ = [
-    "MLP_LOSSES", "MOMENT_MODES", "NIN_MODES", "PhaseThresholds", "batch_moments", "decay_time_scales",
-    "init_nin_mlp", "mean_map_trajectory", "nin_mlp_forward", "nin_mlp_gradients", "nin_mlp_loss",
+    "MLP_LOSSES", "MOMENT_MODES", "NIN_MODES", "PHASES", "PhasePrediction", "PhaseThresholds",
+    "assert_signatures", "batch_moments", "classify_nin_mlp", "decay_time_scales", "init_nin_mlp",
+    "initial_decay_rate", "mean_map_trajectory", "nin_mlp_signatures", "observed_phase",
+    "plot_nin_mlp_phases", "predicted_phase", "nin_mlp_forward", "nin_mlp_gradients", "nin_mlp_loss",
     "nin_noise_hessian_rates", "noise_dominated_divergence", "phase_thresholds",
     "reduced_batch_moments", "reduced_map_coefficients", "run_toy_sgd", "sample_batch_moments",
     "toy_gradients", "toy_loss", "toy_update", "train_nin_mlp",
