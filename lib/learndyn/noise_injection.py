@@ -4,8 +4,8 @@ A noise injection node (NIN) adds ``w_NI * eps`` to the pre-activation of a laye
 random ``eps`` per sample and a trainable weight ``w_NI``. This module holds the chapter's kernels:
 
 * the linear toy model ``f(x, eps) = w1 (w0 x + wn eps)`` trained on ``y = M x`` with the mean
-  squared error {eq}`ni-toy-loss`. Its minibatch gradient depends on the batch only through the
-  three batch moments ``<x^2>, <x eps>, <eps^2>`` ({eq}`ni-batch-gradients`), so one update rule,
+  squared error :eq:`ni-toy-loss`. Its minibatch gradient depends on the batch only through the
+  three batch moments ``<x^2>, <x eps>, <eps^2>`` (:eq:`ni-batch-gradients`), so one update rule,
   :func:`toy_update`, serves every variant: moments computed from samples (:func:`batch_moments`),
   drawn exactly from their Wishart law (:func:`sample_batch_moments`), or replaced by the reduced
   stochastic map of Eqs. 5-6 of the paper (:func:`reduced_batch_moments`);
@@ -38,8 +38,12 @@ from .backend import (
 from .checks import CheckFailed
 from .ensemble import EnsembleResult, run_ensemble
 
+#: How ``sample_batch_moments`` draws a minibatch: from samples, from the Wishart law, or the
+#: reduced map's moments (all of them, or the even ones only).
 MOMENT_MODES = ("samples", "wishart", "reduced", "reduced_even")
+#: Noise at the NIN: drawn anew every step, or fixed per example.
 NIN_MODES = ("rerandomized", "fixed")
+#: The losses of the MLP with a NIN: squared error or cross-entropy.
 MLP_LOSSES = ("mse", "cross_entropy")
 
 
@@ -48,7 +52,7 @@ MLP_LOSSES = ("mse", "cross_entropy")
 # --------------------------------------------------------------------------------------------------
 
 def toy_loss(w0, w1, wn, x2, xe, e2, target_slope=1.0):
-    """Batch loss of the toy model, Eq. {eq}`ni-toy-loss` written in the batch moments.
+    """Batch loss of the toy model, :eq:`ni-toy-loss` written in the batch moments.
 
     ``L = 1/2 (r^2 <x^2> + 2 r w1 wn <x eps> + w1^2 wn^2 <eps^2>)`` with ``r = w1 w0 - M``. With
     ``xe = 0`` and ``e2 = 0`` it is the noise-free loss ``L_{eps=0}`` of Eq. 9.
@@ -58,7 +62,7 @@ def toy_loss(w0, w1, wn, x2, xe, e2, target_slope=1.0):
 
 
 def toy_gradients(w0, w1, wn, x2, xe, e2, target_slope=1.0):
-    """Batch-averaged gradients of the toy loss, Eq. {eq}`ni-batch-gradients`.
+    """Batch-averaged gradients of the toy loss, :eq:`ni-batch-gradients`.
 
     Returns ``(dL/dw0, dL/dw1, dL/dwn)``; all arguments broadcast (a leading replica axis).
     """
@@ -74,7 +78,7 @@ def toy_update(state, moments, eta, target_slope=1.0):
 
     ``state = (w0, w1, wn)`` (each of shape ``(R,)``), ``moments = (x2, xe, e2)`` (broadcastable),
     ``eta`` the learning rate (a number or a per-replica tensor). Implements
-    ``w <- w - eta * grad L`` with the gradients of Eq. {eq}`ni-batch-gradients`.
+    ``w <- w - eta * grad L`` with the gradients of :eq:`ni-batch-gradients`.
     """
     w0, w1, wn = state
     g0, g1, gn = toy_gradients(w0, w1, wn, *moments, target_slope=target_slope)
@@ -126,7 +130,7 @@ def _chi2(shape, dof, generator, device, dtype):
 
 
 def reduced_batch_moments(phi, sigma_x, sigma_eps, batch_size, *, even_fluctuations=None):
-    """The batch moments of the reduced stochastic map, Eqs. {eq}`ni-reduced-map`.
+    """The batch moments of the reduced stochastic map, :eq:`ni-reduced-map`.
 
     The odd moment is ``<x eps> = Phi sigma_x sigma_eps / sqrt(B)`` with ``Phi = phi`` (zero mean,
     unit variance, Theorem 1); the even moments are frozen at ``sigma_x^2`` and ``sigma_eps^2`` as
@@ -151,7 +155,7 @@ def reduced_batch_moments(phi, sigma_x, sigma_eps, batch_size, *, even_fluctuati
 
 def reduced_map_coefficients(w0, w1, wn, eta, sigma_x=1.0, batch_size=1, target_slope=1.0, *,
                              device=None, dtype=None):
-    """Coefficients of the reduced map, Eq. {eq}`ni-coefficients` (Eq. 6 of the paper, Phi = 1).
+    """Coefficients of the reduced map, :eq:`ni-coefficients` (Eq. 6 of the paper, Phi = 1).
 
     Returns a dict with ``A``, ``A_tilde``, ``B``, ``B_tilde``, ``C`` as printed (``A`` and
     ``A_tilde`` are the coefficients of ``Phi``), and ``A_0``, ``C_0``: the same for the update of
@@ -177,7 +181,7 @@ def reduced_map_coefficients(w0, w1, wn, eta, sigma_x=1.0, batch_size=1, target_
 
 @dataclass
 class PhaseThresholds:
-    """Noise strengths that separate the phases of the toy model, Eq. {eq}`ni-thresholds`.
+    """Noise strengths that separate the phases of the toy model, :eq:`ni-thresholds`.
 
     ``decoupled``: ``2 |A~_0| / (B~_0 |wn_0|)``, the paper's criterion with the factor ``1/|wn_0|``
     it needs to be a noise strength; ``catapult = sqrt(min(2/B_0, 2/B~_0))`` and
@@ -191,7 +195,7 @@ class PhaseThresholds:
 
 def phase_thresholds(w0, w1, wn, eta, sigma_x=1.0, batch_size=1, target_slope=1.0, *, device=None,
                      dtype=None) -> PhaseThresholds:
-    """The phase thresholds of Eq. {eq}`ni-thresholds` at the initial weights (vectorized)."""
+    """The phase thresholds of :eq:`ni-thresholds` at the initial weights (vectorized)."""
     c = reduced_map_coefficients(w0, w1, wn, eta, sigma_x, batch_size, target_slope, device=device,
                                  dtype=dtype)
     wn_size = as_tensor(wn, "wn", device=c["B"].device, dtype=c["B"].dtype).abs()
@@ -202,7 +206,7 @@ def phase_thresholds(w0, w1, wn, eta, sigma_x=1.0, batch_size=1, target_slope=1.
 
 
 def decay_time_scales(w0, w1, sigma_x, sigma_eps, *, device=None, dtype=None):
-    """``(tau_noise, tau_loss)`` of Eq. {eq}`ni-time-scales`, in units of ``eta * steps``.
+    """``(tau_noise, tau_loss)`` of :eq:`ni-time-scales`, in units of ``eta * steps``.
 
     ``tau_noise = 1 / (sigma_eps^2 w1^2)`` and ``tau_loss = 1 / (2 sigma_x^2 (w0^2 + w1^2))``.
     """
@@ -215,7 +219,7 @@ def decay_time_scales(w0, w1, sigma_x, sigma_eps, *, device=None, dtype=None):
 
 def noise_dominated_divergence(w1, wn, eta, sigma_eps, *, n_steps=200, bound=1e6, device=None,
                                dtype=None):
-    """Whether the noise-dominated map, Eq. {eq}`ni-noise-map`, diverges from ``(w1, wn)``.
+    """Whether the noise-dominated map, :eq:`ni-noise-map`, diverges from ``(w1, wn)``.
 
     Iterates ``w1 <- w1 (1 - eta sigma^2 wn^2)``, ``wn <- wn (1 - eta sigma^2 w1^2)`` (simultaneous
     update) for ``n_steps`` steps and reports, per element, whether ``|w1| + |wn|`` exceeded
@@ -238,7 +242,7 @@ def noise_dominated_divergence(w1, wn, eta, sigma_eps, *, n_steps=200, bound=1e6
 
 def mean_map_trajectory(initial, eta, sigma_eps, n_steps, *, sigma_x=1.0, target_slope=1.0,
                         bound=1e6, device=None, dtype=None):
-    """The reduced map of Eq. {eq}`ni-reduced-map` with ``Phi = 0``: the batch-averaged update.
+    """The reduced map of :eq:`ni-reduced-map` with ``Phi = 0``: the batch-averaged update.
 
     ``initial = (w0, w1, wn)`` (broadcastable tensors), ``sigma_eps`` a number or a tensor of the
     same shape. Returns ``(w0, w1, wn)`` stacked over time, each of shape ``(n_steps + 1, ...)``.
@@ -268,6 +272,7 @@ def mean_map_trajectory(initial, eta, sigma_eps, n_steps, *, sigma_x=1.0, target
 # Reading phases and decay rates off an ensemble, and predicting them
 # --------------------------------------------------------------------------------------------------
 
+#: The four phases of the toy model, in the order of growing noise.
 PHASES = ("decoupled", "decay", "catapult", "divergent")
 """The phases of the toy model, Eq. :eq:`ni-thresholds` of :doc:`/book/noise_injection`, by class number."""
 
@@ -390,7 +395,7 @@ def run_toy_sgd(initial, eta, sigma_eps, n_steps, *, sigma_x=1.0, batch_size=32,
       draws each training sample's ``eps`` once, ``nin="rerandomized"`` afresh at every step.
     * ``"wishart"``: fresh samples every step, moments drawn exactly by :func:`sample_batch_moments`
       (the same law as ``"samples"`` without ``n_train``, at a cost free of ``batch_size``).
-    * ``"reduced"``: the reduced map of Eqs. 5-6 (plus the ``w0`` update), Eq. {eq}`ni-reduced-map`.
+    * ``"reduced"``: the reduced map of Eqs. 5-6 (plus the ``w0`` update), :eq:`ni-reduced-map`.
     * ``"reduced_even"``: the reduced map with the even-moment fluctuations restored.
 
     Records ``w0``, ``w1``, ``wn`` and the noise-free loss ``loss`` on the schedule ``record``;
@@ -494,7 +499,7 @@ def init_nin_mlp(n_models, d_in, width, d_out, *, nin_scale=1.0, generator=None,
 
 
 def nin_mlp_forward(params, x, eps):
-    """Outputs of the batched network: ``relu(x W0 + b0 + eps w_ni) W1 + b1``, Eq. {eq}`ni-mlp`.
+    """Outputs of the batched network: ``relu(x W0 + b0 + eps w_ni) W1 + b1``, :eq:`ni-mlp`.
 
     ``x`` has shape ``(n_models, batch, d_in)`` (or ``(batch, d_in)``, shared by every model) and
     ``eps`` ``(n_models, batch)``.
@@ -515,7 +520,7 @@ def _check_loss(loss: str) -> str:
 
 def nin_mlp_loss(params, x, y_onehot, eps, loss: str = "mse"):
     """Per-model batch loss, shape ``(n_models,)``: the squared error ``1/2 <||f - y||^2>`` or the
-    cross-entropy ``-<y . log softmax(f)>`` (``loss="cross_entropy"``, Fig. 3 of the paper)."""
+    cross-entropy ``-<y log softmax(f)>`` (``loss="cross_entropy"``, Fig. 3 of the paper)."""
     out = nin_mlp_forward(params, x, eps)
     if _check_loss(loss) == "mse":
         return 0.5 * (out - y_onehot).square().sum(-1).mean(-1)
@@ -527,7 +532,7 @@ def nin_mlp_gradients(params, x, y_onehot, eps, loss: str = "mse"):
 
     ``x`` ``(n_models, batch, d_in)``, ``y_onehot`` ``(n_models, batch, d_out)``, ``eps``
     ``(n_models, batch)``. Returns a dict with the keys of ``params``; the NIW gradient is
-    ``<eps * dL/dz>_batch``, the batch average of Eq. {eq}`ni-niw-update` before any expansion.
+    ``<eps * dL/dz>_batch``, the batch average of :eq:`ni-niw-update` before any expansion.
     The two losses differ only in the output residual: ``f - y`` or ``softmax(f) - y``.
     """
     _check_loss(loss)
@@ -548,7 +553,7 @@ def nin_mlp_gradients(params, x, y_onehot, eps, loss: str = "mse"):
 
 def nin_noise_hessian_rates(params, x, loss: str = "mse"):
     """Linear-stability rates of the noise-dominated NIN dynamics in the network,
-    Eq. {eq}`ni-mlp-rates`.
+    :eq:`ni-mlp-rates`.
 
     Returns ``(b_ni, b_next)`` per model: ``b_ni = <v^T H v>`` with ``v = W1^T D u`` for the unit
     vector ``u = w_ni/|w_ni|`` (the local Hessian along the NIN weights, the analogue of ``B~/eta``),
