@@ -272,9 +272,8 @@ def mean_map_trajectory(initial, eta, sigma_eps, n_steps, *, sigma_x=1.0, target
 # Reading phases and decay rates off an ensemble, and predicting them
 # --------------------------------------------------------------------------------------------------
 
-#: The four phases of the toy model, in the order of growing noise.
 PHASES = ("decoupled", "decay", "catapult", "divergent")
-"""The phases of the toy model, Eq. :eq:`ni-thresholds` of :doc:`/book/noise_injection`, by class number."""
+"""The phases of the toy model, :eq:`ni-thresholds` of :doc:`/book/noise_injection`, by class number."""
 
 
 def initial_decay_rate(log_values, n_fit, eta):
