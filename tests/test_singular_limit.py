@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -10,14 +11,18 @@ from learndyn.singular_limit import (
     NOISE_KINDS,
     DiagonalNetwork,
     balance,
+    corrected_balance,
+    isotropic_second_moment,
     limiting_drift,
     limiting_flow,
     noise_size,
     noisy_gradient,
     noisy_loss,
+    observe_balance,
     product_on_manifold,
     regularizer,
     regularizer_gradient,
+    richardson,
     run_noisy_gd,
     sample_noise,
     tangent_projection,
@@ -158,3 +163,77 @@ def test_divergence_is_flagged_not_raised():
     w0 = product_on_manifold(3.75).expand(4, 2).clone()
     result = run_noisy_gd("label", network, w0, 1.0, 50, sigma=1.0, bound=1e3, check_every=1)
     assert bool(result.diverged.all())
+
+
+@pytest.mark.parametrize(("kind", "rate"), [("label", 1.0), ("weight", 2.0)])
+def test_corrected_balance_tends_to_the_limiting_flow_at_first_order(kind, rate, device):
+    """<q>_alpha - q0 exp(-rate s) is O(alpha): it halves (to O(alpha^2)) when alpha halves."""
+    times = [0.0, 0.5, 1.0]
+    limit = 3.75 * np.exp(-rate * np.array(times))
+    sigma = 1.0 if kind == "label" else 0.3
+    gaps = []
+    for alpha in (0.004, 0.002):
+        path = corrected_balance(kind, 3.75, times, alpha, sigma, device=device).cpu().numpy()
+        assert path[0] == 3.75
+        gaps.append(path[1:] - limit[1:])
+    assert np.all(np.array(gaps) < 0)  # the O(alpha) terms speed the decay up
+    np.testing.assert_allclose(gaps[0] / gaps[1], 2.0, rtol=0.02)
+
+
+def test_corrected_balance_label_rate_is_the_stationary_residual_variance(device):
+    """At one short step of slow time the decay rate is 2 / (2 - alpha m0), to O(alpha^2 s)."""
+    alpha, s = 0.05, 1e-4
+    path = corrected_balance("label", 0.0, [0.0, s], alpha, 1.0, device=device)
+    assert path[1].item() == 0.0  # q = 0 is a fixed point
+    path = corrected_balance("label", 1.0, [0.0, s], alpha, 1.0, device=device)
+    m0 = math.sqrt(5.0)
+    rate = -math.log1p(-alpha**2 * 2 / (2 - alpha * m0)) / alpha**2
+    start_up = alpha**2 / (2 - alpha * m0) ** 2
+    assert path[1].item() == pytest.approx(math.exp(start_up - rate * s), rel=1e-6)
+
+
+def test_corrected_balance_rejects_bad_input():
+    with pytest.raises(ValueError, match="kind"):
+        corrected_balance("dropout", 1.0, [0.0, 1.0], 0.01, 1.0)
+    with pytest.raises(ValueError, match="alpha"):
+        corrected_balance("label", 3.75, [0.0, 1.0], 0.5, 1.0)
+    with pytest.raises(ValueError, match="sigma"):
+        corrected_balance("weight", 3.75, [0.0, 1.0], 0.01, 0.0)
+    with pytest.raises(ValueError, match="q0"):
+        corrected_balance("label", [1.0, 2.0], [0.0, 1.0], 0.01, 1.0)
+
+
+def test_isotropic_second_moment(device):
+    """Short times: d<l^2>/dtau = <l D' + D> = 1/2 - 3 <l^2> + 25/3 <l^4> + ... from the Taylor
+    series of D = 1/(2 cosh 2l); the Ito drift 1/2 D' pulls inwards, against c = 1/4 and c = 0."""
+    tau = 0.05
+    short = isotropic_second_moment(tau, spacing=0.02, device=device)
+    assert short == pytest.approx((1 - math.exp(-3 * tau)) / 6 + 25 * tau**3 / 12, rel=2e-3)
+    coarse = isotropic_second_moment(1.0, spacing=0.1, device=device)
+    fine = isotropic_second_moment(1.0, spacing=0.05, device=device)
+    assert abs(coarse - fine) < 1e-4  # O(spacing^2) grid error
+    no_drift = isotropic_second_moment(1.0, drift_factor=0.0, spacing=0.1, device=device)
+    half_drift = isotropic_second_moment(1.0, drift_factor=0.25, spacing=0.1, device=device)
+    assert fine < half_drift < no_drift < 0.5
+    with pytest.raises(ValueError, match="tau0"):
+        isotropic_second_moment(0.005)
+    with pytest.raises(ValueError, match="spacing"):
+        isotropic_second_moment(1.0, spacing=2.0)
+
+
+def test_richardson_removes_a_first_order_term():
+    coarse, fine = 1.0 + 0.2 + 0.04, 1.0 + 0.1 + 0.01  # 1 + h + h^2 at h = 0.2, 0.1
+    value, se, first_order = richardson(coarse, 0.3, fine, 0.4)
+    assert value == pytest.approx(1.0 - 0.02)
+    assert se == pytest.approx(math.sqrt(4 * 0.16 + 0.09))
+    assert first_order == pytest.approx(0.13)
+    with pytest.raises(ValueError, match="se"):
+        richardson(1.0, -1.0, 1.0, 1.0)
+
+
+def test_observe_balance_records_balances_and_unit_products(device):
+    network = _network(device)
+    w = _points(network, 4)
+    observed = observe_balance(network)(w)
+    torch.testing.assert_close(observed["q"], balance(w, network))
+    torch.testing.assert_close(observed["p"], w[:, :2] * w[:, 2:])

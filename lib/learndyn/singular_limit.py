@@ -34,12 +34,21 @@ for dropout and DropConnect (drop probability ``sigma^2 / (1 + sigma^2)``, so th
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .backend import as_tensor, check_count, check_positive, check_shape, make_generator
+from .backend import (
+    as_tensor,
+    check_count,
+    check_positive,
+    check_shape,
+    make_generator,
+    resolve_device,
+    resolve_dtype,
+)
 from .ensemble import EnsembleResult, run_ensemble
 from .flows import rk4
 
@@ -52,7 +61,8 @@ TIME_SCALE_POWER = {"label": 2, "dropout": 1, "dropconnect": 1, "weight": 1}
 
 @dataclass(frozen=True)
 class DiagonalNetwork:
-    """Data ``inputs`` (n, d) and ``targets`` (n,) for ``f(x; u, v) = sum_j u_j v_j x_j``."""
+    """Data ``inputs`` (n, d) and ``targets`` (n,) for ``f(x; u, v) = sum_j u_j v_j x_j``, the
+    diagonal network of :eq:`sl-noisy-losses` of :doc:`/book/singular_limit`."""
 
     inputs: torch.Tensor
     targets: torch.Tensor
@@ -109,7 +119,8 @@ class DiagonalNetwork:
 
 
 def noise_size(kind: str, network: DiagonalNetwork) -> int:
-    """The number of noise variables ``eta`` of a noise type (table in the module docstring)."""
+    """The number of noise variables ``eta`` of a noise type of :eq:`sl-noisy-losses` of
+    :doc:`/book/singular_limit` (table in the module docstring)."""
     _check_kind(kind)
     n, d = network.n_samples, network.width
     return {"label": n, "minibatch": n, "dropout": d}.get(kind, 2 * d)
@@ -138,7 +149,10 @@ def _perturbed(kind: str, w: torch.Tensor, eta: torch.Tensor, network: DiagonalN
 
 
 def noisy_loss(kind: str, w, eta, network: DiagonalNetwork) -> torch.Tensor:
-    """``L^(w, eta)`` of Eq. (sl-noisy-losses), batched over leading axes; differentiable."""
+    """``L^(w, eta)``, batched over leading axes; differentiable.
+
+    Implements :eq:`sl-noisy-losses` of :doc:`/book/singular_limit`.
+    """
     w, eta = _check_pair(kind, w, eta, network)
     u, v, _, _, shift, weights = _perturbed(kind, w, eta, network)
     residual = (u * v) @ network.inputs.T - network.targets - shift
@@ -149,7 +163,10 @@ def noisy_loss(kind: str, w, eta, network: DiagonalNetwork) -> torch.Tensor:
 
 
 def noisy_gradient(kind: str, w, eta, network: DiagonalNetwork) -> torch.Tensor:
-    """``grad_w L^(w, eta)`` in closed form, shape ``(..., 2d)`` (the update of Eq. sl-noisy-gd)."""
+    """``grad_w L^(w, eta)`` in closed form, shape ``(..., 2d)``.
+
+    Implements the update of :eq:`sl-noisy-gd` of :doc:`/book/singular_limit`.
+    """
     w, eta = _check_pair(kind, w, eta, network)
     return _gradient(kind, w, eta, network)
 
@@ -163,7 +180,9 @@ def _gradient(kind: str, w, eta, network: DiagonalNetwork) -> torch.Tensor:
 
 
 def regularizer(kind: str, w, network: DiagonalNetwork) -> torch.Tensor:
-    """``Reg(w) = 1/2 Laplacian_eta L^(w, 0)`` (Eq. sl-reg-table), shape ``(...)``.
+    """``Reg(w) = 1/2 Laplacian_eta L^(w, 0)``, shape ``(...)``.
+
+    Implements :eq:`sl-reg-table` of :doc:`/book/singular_limit`:
 
     label: 1/2; dropout: 1/(2n) sum_j c_j (u_j v_j)^2; DropConnect: twice dropout;
     weight perturbation: 1/(2n) sum_j c_j (u_j^2 + v_j^2) = 1/2 tr Hess L; isotropic, minibatch: 0.
@@ -184,7 +203,8 @@ def regularizer(kind: str, w, network: DiagonalNetwork) -> torch.Tensor:
 
 
 def regularizer_gradient(kind: str, w, network: DiagonalNetwork) -> torch.Tensor:
-    """``grad_w Reg`` of :func:`regularizer`, shape ``(..., 2d)``."""
+    """``grad_w Reg`` of :func:`regularizer`, shape ``(..., 2d)``: the gradient of
+    :eq:`sl-reg-table` of :doc:`/book/singular_limit`."""
     _check_kind(kind)
     w = network.check_parameters(w)
     u, v = network.split(w)
@@ -200,7 +220,8 @@ def regularizer_gradient(kind: str, w, network: DiagonalNetwork) -> torch.Tensor
 
 def tangent_projection(w, network: DiagonalNetwork) -> torch.Tensor:
     """``P_T = I - J^T (J J^T)^+ J``, the projection onto the tangent space of the level set of the
-    outputs through ``w`` (on ``Gamma`` this is ``T_w Gamma``), shape ``(..., 2d, 2d)``."""
+    outputs through ``w`` (on ``Gamma`` this is ``T_w Gamma``), shape ``(..., 2d, 2d)``: the
+    projection of :eq:`sl-flow-nondegenerate` of :doc:`/book/singular_limit`."""
     w = network.check_parameters(w)
     jacobian = network.output_jacobian(w)
     gram_inverse = torch.linalg.pinv(jacobian @ jacobian.transpose(-1, -2), hermitian=True)
@@ -212,8 +233,9 @@ def limiting_drift(kind: str, w, network: DiagonalNetwork) -> torch.Tensor:
     """The right-hand side of the limiting flow on ``Gamma``, shape ``(..., 2d)``.
 
     dropout, dropconnect, weight: ``-P_T grad Reg`` in ``t = alpha sigma^2 k``
-    (Eq. sl-flow-nondegenerate). label: ``-1/(4n) P_T grad tr H`` in ``tau = alpha^2 sigma^2 k``
-    (Eq. sl-flow-label); for this model ``tr H = 2 Reg_weight``. minibatch: zero on both scales.
+    (implements :eq:`sl-flow-nondegenerate` of :doc:`/book/singular_limit`). label: ``-1/(4n) P_T grad tr H``
+    in ``tau = alpha^2 sigma^2 k`` (implements :eq:`sl-flow-label` of :doc:`/book/singular_limit`); for this
+    model ``tr H = 2 Reg_weight``. minibatch: zero on both scales.
     isotropic noise has a tangential noise term (an SDE on ``Gamma``), so it is refused here.
     """
     _check_kind(kind)
@@ -234,7 +256,8 @@ def limiting_flow(kind: str, w0, times, network: DiagonalNetwork, *, substeps: i
     """Integrate :func:`limiting_drift` from ``w0`` (on ``Gamma``) over ``times`` with
     :func:`learndyn.flows.rk4`; returns shape ``(len(times), ..., 2d)``. Time is
     ``t = alpha sigma^2 k`` or, for label noise, ``tau = alpha^2 sigma^2 k``
-    (see ``TIME_SCALE_POWER``)."""
+    (see ``TIME_SCALE_POWER``). Implements :eq:`sl-flow-nondegenerate` and :eq:`sl-flow-label` of
+    :doc:`/book/singular_limit`."""
     w0 = network.check_parameters(w0, "w0")
     return rk4(lambda _t, w: limiting_drift(kind, w, network), w0, times, substeps=substeps)
 
@@ -242,7 +265,8 @@ def limiting_flow(kind: str, w0, times, network: DiagonalNetwork, *, substeps: i
 def sample_noise(kind: str, shape, network: DiagonalNetwork, generator: torch.Generator, *,
                  sigma: float | None = None, batch_size: int | None = None) -> torch.Tensor:
     """Noise ``eta`` of shape ``(*shape, noise_size)``: mean zero, variance ``sigma^2`` per entry
-    (minibatch: variance ``(n - 1) / batch_size``)."""
+    (minibatch: variance ``(n - 1) / batch_size``), the noise of :eq:`sl-noisy-losses` of
+    :doc:`/book/singular_limit`."""
     _check_kind(kind)
     sigma, batch_size = _check_noise_parameters(kind, sigma, batch_size)
     size = (*shape, noise_size(kind, network))
@@ -264,11 +288,13 @@ def run_noisy_gd(kind: str, network: DiagonalNetwork, w0, alpha: float, n_steps:
                  sigma: float | None = None, batch_size: int | None = None, record=1,
                  observe=None, generator: torch.Generator | None = None, noise_chunk: int = 512,
                  bound: float = 1e6, check_every: int = 64) -> EnsembleResult:
-    """Noisy gradient descent ``w <- w - alpha grad_w L^(w, eta_k)`` (Eq. sl-noisy-gd) for an
-    ensemble ``w0`` of shape ``(R, 2d)``, one batched update per step through
-    :func:`learndyn.ensemble.run_ensemble`; the noise of ``noise_chunk`` steps is drawn at once.
-    Replicas leaving the ball of radius ``bound`` are frozen (checked every ``check_every``
-    steps)."""
+    """Noisy gradient descent ``w <- w - alpha grad_w L^(w, eta_k)`` for an ensemble ``w0`` of
+    shape ``(R, 2d)``, one batched update per step through :func:`learndyn.ensemble.run_ensemble`;
+    the noise of ``noise_chunk`` steps is drawn at once. Replicas leaving the ball of radius
+    ``bound`` are frozen (checked every ``check_every`` steps).
+
+    Implements :eq:`sl-noisy-gd` of :doc:`/book/singular_limit`.
+    """
     _check_kind(kind)
     alpha = check_positive(alpha, "alpha")
     check_count(n_steps, "n_steps", minimum=0)
@@ -291,14 +317,16 @@ def run_noisy_gd(kind: str, network: DiagonalNetwork, w0, alpha: float, n_steps:
 
 
 def balance(w, network: DiagonalNetwork) -> torch.Tensor:
-    """The balances ``q_j = u_j^2 - v_j^2``, shape ``(..., d)``."""
+    """The balances ``q_j = u_j^2 - v_j^2`` of :eq:`sl-q-identity` of :doc:`/book/singular_limit`, shape
+    ``(..., d)``."""
     u, v = network.split(network.check_parameters(w))
     return u.square() - v.square()
 
 
 def product_on_manifold(q, target: float = 1.0, *, device=None, dtype=None) -> torch.Tensor:
     """The point ``(u, v)`` with ``u v = target``, ``u > 0`` and balance ``u^2 - v^2 = q`` on the
-    hyperbola ``Gamma`` of the product model: ``u^2 = (q + sqrt(q^2 + 4 y^2)) / 2``."""
+    hyperbola ``Gamma`` of the product model: ``u^2 = (q + sqrt(q^2 + 4 y^2)) / 2``, the
+    coordinate of :eq:`sl-q-label` of :doc:`/book/singular_limit`."""
     q = as_tensor(q, "q", device=device, dtype=dtype)
     u = torch.sqrt(0.5 * (q + torch.sqrt(q.square() + 4.0 * target**2)))
     return torch.stack([u, target / u], dim=-1)
@@ -330,16 +358,136 @@ def _check_noise_parameters(kind: str, sigma, batch_size):
 
 
 def slow_time(kind: str, steps, alpha: float, sigma: float) -> np.ndarray:
-    """``alpha^p sigma^2 k`` with the power ``p`` of ``TIME_SCALE_POWER[kind]``."""
+    """``alpha^p sigma^2 k`` with the power ``p`` of ``TIME_SCALE_POWER[kind]``: the clock ``t`` of
+    :eq:`sl-flow-nondegenerate` or ``tau`` of :eq:`sl-flow-label` of :doc:`/book/singular_limit`."""
     if kind not in TIME_SCALE_POWER:
         raise ValueError(f"kind={kind!r} has no slow time; choose from {tuple(TIME_SCALE_POWER)}")
     alpha, sigma = check_positive(alpha, "alpha"), check_positive(sigma, "sigma")
     return np.asarray(steps, dtype=float) * alpha ** TIME_SCALE_POWER[kind] * sigma**2
 
 
+
+
+
+CORRECTED_KINDS = ("label", "weight")
+
+
+def corrected_balance(kind: str, q0: float, times, alpha: float, sigma: float, *,
+                      target: float = 1.0, substeps: int = 20, device=None,
+                      dtype=None) -> torch.Tensor:
+    """The mean balance ``<q>`` of the product model with its terms of first order in ``alpha``.
+
+    ``times`` are on the slow clock of ``kind`` (:func:`slow_time`); returns shape ``(len(times),)``.
+    Each step multiplies ``<q>`` by ``1 - lam``, integrated with :func:`learndyn.flows.rk4` as
+    ``dq/ds = q log(1 - lam) / (alpha^p sigma^2)``.
+
+    * ``label``: implements :eq:`sl-q-label-corrected` of :doc:`/book/singular_limit`,
+      ``lam = alpha^2 sigma^2 * 2 / (2 - alpha m(q))``, ``m = sqrt(q^2 + 4 y^2)``, and the start-up
+      shift ``exp(alpha^2 sigma^2 / (2 - alpha m0)^2)`` of a run started on the zero-loss set.
+    * ``weight``: implements :eq:`sl-q-weight-exact` of :doc:`/book/singular_limit`,
+      ``lam = 2 alpha sigma^2 + alpha^2 (r^2 + sigma^2 m + 3 sigma^4)`` on the shifted set
+      ``uv = y + r``, ``r = -2 sigma^2 (y + r) / m`` (solved by fixed-point iteration).
+    """
+    if kind not in CORRECTED_KINDS:
+        raise ValueError(f"kind={kind!r} has no corrected balance flow; choose from {CORRECTED_KINDS}")
+    alpha, sigma = check_positive(alpha, "alpha"), check_positive(sigma, "sigma")
+    target = float(target)
+    if target <= 0:
+        raise ValueError(f"target={target!r} must be > 0")
+    q0 = as_tensor(q0, "q0", device=device, dtype=dtype)
+    if q0.dim() != 0:
+        raise ValueError(f"q0 must be a scalar, got shape {tuple(q0.shape)}")
+    m0 = math.sqrt(q0.item() ** 2 + 4 * target**2)
+    if alpha * m0 >= 2:
+        raise ValueError(f"alpha={alpha!r}: alpha * m(q0) = {alpha * m0:.3g} >= 2, the step is unstable")
+    scale = alpha ** TIME_SCALE_POWER[kind] * sigma**2
+
+    def label_rhs(_t, q):
+        lam = alpha**2 * sigma**2 * 2 / (2 - alpha * torch.sqrt(q.square() + 4 * target**2))
+        return q * torch.log1p(-lam) / scale
+
+    def weight_rhs(_t, q):
+        shift = torch.zeros_like(q)
+        for _ in range(40):  # contraction factor 2 sigma^2 / m < 0.1 for the sigma used
+            m = torch.sqrt(q.square() + 4 * (target + shift).square())
+            shift = -2 * sigma**2 * (target + shift) / m
+        lam = 2 * alpha * sigma**2 + alpha**2 * (shift.square() + sigma**2 * m + 3 * sigma**4)
+        return q * torch.log1p(-lam) / scale
+
+    path = rk4(label_rhs if kind == "label" else weight_rhs, q0, times, substeps=substeps)
+    if kind == "label":
+        start_up = alpha**2 * sigma**2 / (2 - alpha * m0) ** 2
+        grid = torch.as_tensor(np.asarray(times, dtype=float), device=path.device)
+        path = path * torch.where(grid > 0, math.exp(start_up), 1.0).to(path.dtype)
+    return path
+
+
+def isotropic_second_moment(tau: float, *, drift_factor: float = 0.5, spacing: float = 0.02,
+                            half_width: float = 4.0, tau0: float = 0.01, device=None,
+                            dtype=None) -> float:
+    """``<l^2>(tau)`` of ``dl = c D'(l) dtau + sqrt(D(l)) dB``, ``D = 1/(2 cosh 2l)``, ``l(0) = 0``.
+
+    Implements the Fokker-Planck equation of :eq:`sl-isotropic-sde` of :doc:`/book/singular_limit`
+    (``c = drift_factor``; the SDE has ``c = 1/2``): finite volumes of width ``spacing`` on
+    ``[-half_width, half_width]`` with no flux at the ends, RK4 below the stability limit, started at
+    ``tau0`` from the Gaussian of variance ``D(0) tau0`` (an error ``O(tau0^2)``). The grid error is
+    ``O(spacing^2)``.
+    """
+    tau, spacing = check_positive(tau, "tau"), check_positive(spacing, "spacing")
+    half_width, tau0 = check_positive(half_width, "half_width"), check_positive(tau0, "tau0")
+    if tau0 >= tau:
+        raise ValueError(f"tau0={tau0!r} must be smaller than tau={tau!r}")
+    if spacing > half_width / 4:
+        raise ValueError(f"spacing={spacing!r} is too coarse for half_width={half_width!r}")
+    dtype = resolve_dtype(dtype)
+    grid = torch.arange(-half_width, half_width + spacing / 2, spacing, dtype=dtype,
+                        device=resolve_device(device))
+    faces = grid[:-1] + spacing / 2
+    diffusion = 1 / (2 * torch.cosh(2 * grid))
+    face_slope = -torch.sinh(2 * faces) / torch.cosh(2 * faces).square()  # D'(l) at the faces
+
+    def rhs(_t, rho):
+        flux = (drift_factor * face_slope * (rho[1:] + rho[:-1]) / 2
+                - (diffusion[1:] * rho[1:] - diffusion[:-1] * rho[:-1]) / (2 * spacing))
+        return torch.cat([-flux[:1], flux[:-1] - flux[1:], flux[-1:]]) / spacing
+
+    rho0 = torch.exp(-grid.square() / tau0)  # variance D(0) tau0 = tau0 / 2
+    substeps = math.ceil((tau - tau0) / (0.5 * spacing**2))  # RK4 limit 2.78 spacing^2 / max(D)
+    rho = rk4(rhs, rho0 / rho0.sum(), [tau0, tau], substeps=substeps)[-1]
+    return ((grid.square() * rho).sum() / rho.sum()).item()
+
+
+def richardson(coarse, coarse_se, fine, fine_se):
+    """Richardson extrapolation ``2 fine - coarse`` of :eq:`sl-richardson` of
+    :doc:`/book/singular_limit`, for a quantity with a first-order term in the small parameter that
+    halves from ``coarse`` to ``fine``.
+
+    Returns ``(extrapolated, standard_error, first_order)`` with the standard error of independent
+    runs, ``sqrt(4 fine_se^2 + coarse_se^2)``, and ``first_order = |coarse - fine|``, the measured
+    size of the first-order term at ``fine``.
+    """
+    coarse, fine = np.asarray(coarse, dtype=float), np.asarray(fine, dtype=float)
+    coarse_se, fine_se = np.asarray(coarse_se, dtype=float), np.asarray(fine_se, dtype=float)
+    if np.any(coarse_se < 0) or np.any(fine_se < 0):
+        raise ValueError("coarse_se and fine_se must be >= 0")
+    return 2 * fine - coarse, np.sqrt(4 * fine_se**2 + coarse_se**2), np.abs(coarse - fine)
+
+
+def observe_balance(network: DiagonalNetwork):
+    """An ``observe`` callback for :func:`run_noisy_gd`: the balances ``q`` of :eq:`sl-q-identity` of
+    :doc:`/book/singular_limit` and the unit products ``p_j = u_j v_j``, each of shape ``(R, d)``."""
+
+    def observe(w):
+        u, v = network.split(w)
+        return {"q": u.square() - v.square(), "p": u * v}
+
+    return observe
+
+
 __all__ = [
-    "DEGENERATE_KINDS", "NOISE_KINDS", "TIME_SCALE_POWER", "DiagonalNetwork", "balance",
-    "limiting_drift", "limiting_flow", "noise_size", "noisy_gradient", "noisy_loss",
-    "product_on_manifold", "regularizer", "regularizer_gradient", "run_noisy_gd", "sample_noise",
+    "CORRECTED_KINDS", "DEGENERATE_KINDS", "NOISE_KINDS", "TIME_SCALE_POWER", "DiagonalNetwork",
+    "balance", "corrected_balance", "isotropic_second_moment", "limiting_drift", "limiting_flow",
+    "noise_size", "noisy_gradient", "noisy_loss", "observe_balance", "product_on_manifold",
+    "regularizer", "regularizer_gradient", "richardson", "run_noisy_gd", "sample_noise",
     "slow_time", "tangent_projection",
 ]
