@@ -308,3 +308,15 @@ def test_mlp_phase_figure_has_four_panels():
     fig = ni.plot_nin_mlp_phases(history, np.array([0, 1, 2, 3]), np.ones(4), 0.1,
                                  np.array([0.1, 1.0, 10.0, 30.0]), "loss")
     assert len(fig.axes) == 8      # four panels, each with a twin axis for the accuracy
+
+
+def test_toy_phase_point_is_a_sweepable_experiment():
+    from learndyn.sweep import sweep
+
+    points = sweep(ni.toy_phase_point, {"sigma_eps": [0.05, 40.0]}, seed=3)
+    for point, phase in zip(points, ("decoupled", "divergent"), strict=True):
+        k = ni.PHASES.index(phase)
+        assert point.result["observed"][k] == 1.0 and point.result["predicted"][k] == 1.0
+    assert sum(points[0].result["observed"]) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="sigma_eps"):
+        ni.toy_phase_point(-1.0, seed=0)

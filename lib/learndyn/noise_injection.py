@@ -379,6 +379,33 @@ def predicted_phase(initial, sigma_eps, n_steps, *, eta, batch_size, sigma_x=1.0
 # Ensembles of the toy model
 # --------------------------------------------------------------------------------------------------
 
+def toy_phase_point(sigma_eps: float, *, seed: int, n_runs: int = 32, centre=(1.5, 1.0, 0.1),
+                    spread: float = 0.1, eta: float = 0.01, batch_size: int = 1024,
+                    n_steps: int = 1000, device=None) -> dict[str, list[float]]:
+    """One point of the toy model's phase diagram, for :func:`learndyn.sweep.sweep`.
+
+    ``n_runs`` SGD runs at noise strength ``sigma_eps`` from initial weights ``centre * (1 + spread
+    z)`` (``z`` standard normal), seeded by ``seed``. Returns the fraction of runs in each of the
+    :data:`PHASES`, observed (``"observed"``) and predicted from each run's initial weights by
+    :eq:`ni-thresholds` (``"predicted"``), as plain lists, so the result pickles across machines.
+    """
+    check_positive(sigma_eps, "sigma_eps")
+    check_count(n_runs, "n_runs")
+    device = resolve_device(device)
+    generator = make_generator(seed, device=device)
+    initial = tuple(c * (1 + spread * torch.randn(n_runs, generator=generator, dtype=torch.float64,
+                                                  device=device)) for c in centre)
+    sigma = torch.full((n_runs,), float(sigma_eps), dtype=torch.float64, device=device)
+    record = np.unique(np.concatenate([np.arange(min(101, n_steps + 1)),
+                                       np.arange(100, n_steps + 1, 10)]))
+    run = run_toy_sgd(initial, eta, sigma, n_steps, batch_size=batch_size, record=record,
+                      generator=generator, device=device)
+    observed = observed_phase(run.records["wn"], initial[2], run.diverged)
+    predicted = predicted_phase(initial, sigma, n_steps, eta=eta, batch_size=batch_size).phase
+    return {kind: [float((phases == k).double().mean()) for k in range(len(PHASES))]
+            for kind, phases in (("observed", observed), ("predicted", predicted))}
+
+
 def run_toy_sgd(initial, eta, sigma_eps, n_steps, *, sigma_x=1.0, batch_size=32, target_slope=1.0,
                 moments="wishart", nin="rerandomized", n_train=None, record=1, bound=1e6,
                 generator=None, device=None, dtype=None) -> EnsembleResult:
@@ -756,5 +783,5 @@ __all__ = [
     "plot_nin_mlp_phases", "predicted_phase", "nin_mlp_forward", "nin_mlp_gradients", "nin_mlp_loss",
     "nin_noise_hessian_rates", "noise_dominated_divergence", "phase_thresholds",
     "reduced_batch_moments", "reduced_map_coefficients", "run_toy_sgd", "sample_batch_moments",
-    "toy_gradients", "toy_loss", "toy_update", "train_nin_mlp",
+    "toy_gradients", "toy_loss", "toy_phase_point", "toy_update", "train_nin_mlp",
 ]

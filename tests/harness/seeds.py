@@ -36,7 +36,7 @@ from .notebooks import Outcome, execute
 ENTROPY = 20260516
 """The fixed entropy the seeds are drawn from: the seeds are chosen by the target, not by hand."""
 
-NOT_CHAPTERS = ("course",)
+NOT_CHAPTERS = ("course", "scaling_up")
 """Notebooks of book/ that are not chapters: the instructors' page runs no experiment."""
 
 DEFAULT_REPORT = Path("tests/harness/SEEDS.md")
