@@ -5,11 +5,18 @@ import pytest
 import torch
 
 from learndyn.flows import (
+    CarriedCloud,
+    carry_gaussian,
+    closure_remainder,
+    control_variate,
+    directional_derivatives,
     drift_derivatives,
     integrate_moments,
+    linear_transport,
     moment_derivatives,
     rk4,
     solve_stiff,
+    step_doubling,
 )
 
 
@@ -85,3 +92,167 @@ def test_covariance_term_in_mean_equation():
 def test_moment_shapes_checked():
     with pytest.raises(ValueError, match="cov0 has shape"):
         integrate_moments(lambda w: -w, [0.0, 1.0], [[1.0]], [0.0, 1.0])
+
+
+def test_covariance_factor_scales_the_term():
+    def drift(w):
+        return -(w**3)
+
+    mean = torch.tensor([[0.5]], dtype=torch.float64)
+    cov = torch.tensor([[[0.2]]], dtype=torch.float64)
+    without, _ = moment_derivatives(drift, mean, cov, covariance_in_mean=False)
+    doubled, _ = moment_derivatives(drift, mean, cov, covariance_factor=1.0)
+    assert torch.allclose(doubled - without, torch.tensor([[-0.6]], dtype=torch.float64))
+    with pytest.raises(ValueError, match="covariance_factor"):
+        moment_derivatives(drift, mean, cov, covariance_factor=float("nan"))
+
+
+def test_integrate_moments_passes_the_covariance_factor():
+    def drift(w):
+        return -(w**3)
+
+    halves = [integrate_moments(drift, [0.5], [[0.2]], [0.0, 0.5], covariance_factor=c)[0][-1]
+              for c in (0.0, 0.5)]
+    field, _ = integrate_moments(drift, [0.5], [[0.2]], [0.0, 0.5], covariance_in_mean=False)
+    assert torch.allclose(halves[0], field[-1])
+    assert halves[1].item() < halves[0].item()  # the term -3 m C pulls the mean down
+
+
+def test_carry_gaussian_is_exact_for_a_linear_flow(device):
+    a = torch.tensor([[-1.0, 0.3], [0.0, -0.5]], dtype=torch.float64, device=device)
+    m0 = torch.tensor([1.0, -2.0], dtype=torch.float64, device=device)
+    c0 = torch.tensor([[0.4, 0.1], [0.1, 0.2]], dtype=torch.float64, device=device)
+    cloud = carry_gaussian(lambda w: w @ a.T, m0, c0, [0.0, 0.5, 1.5], nodes=4, substeps=40,
+                           device=device)
+    flow = torch.linalg.matrix_exp(1.5 * a)
+    assert cloud.points.shape == (3, 16, 2) and abs(cloud.weights.sum().item() - 1) < 1e-14
+    assert torch.allclose(cloud.mean()[-1], flow @ m0, atol=1e-9)
+    assert torch.allclose(cloud.cov()[-1], flow @ c0 @ flow.T, atol=1e-9)
+    assert cloud.central_moment(3).abs().max() < 1e-12  # a Gaussian stays Gaussian
+    fourth = cloud.central_moment(4)[0]
+    assert torch.allclose(fourth[0, 0, 0, 0], 3 * c0[0, 0] ** 2)
+    assert torch.allclose(fourth[0, 0, 1, 1], c0[0, 0] * c0[1, 1] + 2 * c0[0, 1] ** 2)
+
+
+def test_carry_gaussian_rejects_bad_input():
+    with pytest.raises(ValueError, match="cov0"):
+        carry_gaussian(lambda w: -w, [0.0, 0.0], [[1.0, 2.0], [2.0, 1.0]], [0.0, 1.0])
+    with pytest.raises(ValueError, match="nodes"):
+        carry_gaussian(lambda w: -w, [0.0] * 5, torch.eye(5), [0.0, 1.0], nodes=24)
+    with pytest.raises(ValueError, match="mean0"):
+        carry_gaussian(lambda w: -w, [[0.0]], [[1.0]], [0.0, 1.0])
+
+
+def test_directional_derivatives_of_a_polynomial(device):
+    def drift(w):
+        return torch.stack([w[..., 0] ** 4, w[..., 0] * w[..., 1] ** 2], -1)
+
+    base = torch.tensor([[0.7, -1.2]], dtype=torch.float64, device=device)
+    direction = torch.tensor([[0.3, 0.5]], dtype=torch.float64, device=device)
+    terms = directional_derivatives(drift, base, direction, 4)
+    x, y = base[0]
+    u, v = direction[0]
+    # d^p/ds^p of (x + s u)^4 and of (x + s u)(y + s v)^2 at s = 0
+    expected = [[x**4, x * y**2], [4 * x**3 * u, u * y**2 + 2 * x * y * v],
+                [12 * x**2 * u**2, 4 * u * y * v + 2 * x * v**2], [24 * x * u**3, 6 * u * v**2],
+                [24 * u**4, 0.0]]
+    for term, want in zip(terms, expected, strict=True):
+        assert torch.allclose(term[0], torch.stack([torch.as_tensor(e, dtype=torch.float64,
+                                                                   device=device) for e in want]))
+    with pytest.raises(ValueError, match="direction"):
+        directional_derivatives(drift, base, direction[:, :1], 2)
+
+
+def test_closure_remainder_of_a_quartic_on_a_gaussian():
+    # F = w^4 on N(m, C): the closure drops exactly <delta^4> = 3 C^2 in the mean and
+    # 2 <delta (4 m delta^3)> = 24 m C^2 in the variance
+    mean, var = 0.7, 0.3
+    cloud = carry_gaussian(lambda w: 0 * w, [mean], [[var]], [0.0, 1.0], nodes=6)
+    mean_rate, cov_rate = closure_remainder(lambda w: w**4, cloud)
+    assert torch.allclose(mean_rate, torch.full((2, 1), 3 * var**2, dtype=torch.float64))
+    assert torch.allclose(cov_rate, torch.full((2, 1, 1), 24 * mean * var**2, dtype=torch.float64))
+
+
+def test_closure_remainder_is_the_whole_remainder_for_polynomials():
+    # the series stops: for a quartic drift the dropped mean terms are the whole difference, and
+    # for a cubic one the dropped covariance terms (moments of order five would enter beyond)
+    generator = torch.Generator().manual_seed(3)
+    points = torch.randn(1, 50, 2, generator=generator, dtype=torch.float64) ** 2
+    weights = torch.rand(50, generator=generator, dtype=torch.float64)
+    cloud = CarriedCloud(points, weights / weights.sum())
+    mean, cov = cloud.mean(), cloud.cov()
+    delta = points[0] - mean[0]
+
+    def quartic(w):
+        return torch.stack([w[..., 0] ** 3 * w[..., 1], -w[..., 1] ** 4 + w[..., 0] ** 2], -1)
+
+    def cubic(w):
+        return torch.stack([w[..., 0] ** 2 * w[..., 1], -w[..., 1] ** 3 + w[..., 0]], -1)
+
+    closure_mean, _ = moment_derivatives(quartic, mean, cov[0])
+    mean_rate, _ = closure_remainder(quartic, cloud)
+    exact_mean = torch.einsum("p,pi->i", cloud.weights, quartic(points[0]))
+    assert torch.allclose(closure_mean[0] + mean_rate[0], exact_mean, atol=1e-12)
+    _, closure_cov = moment_derivatives(cubic, mean, cov[0])
+    _, cov_rate = closure_remainder(cubic, cloud)
+    half = torch.einsum("p,pi,pj->ij", cloud.weights, delta, cubic(points[0]))
+    assert torch.allclose(closure_cov[0] + cov_rate[0], half + half.T, atol=1e-12)
+
+
+def test_linear_transport_with_constant_coefficients(device):
+    a = torch.tensor([[-1.0, 0.3], [0.0, -0.5]], dtype=torch.float64, device=device)
+    forcing = torch.tensor([1.0, -2.0], dtype=torch.float64, device=device)
+    c0 = torch.tensor([[0.4, 0.1], [0.1, 0.2]], dtype=torch.float64, device=device)
+    times = [0.0, 0.5, 1.0]
+    e, cov = linear_transport(a.expand(3, 2, 2), times, mean_forcing=forcing.expand(3, 2),
+                              cov0=c0, substeps=20)
+    flow = torch.linalg.matrix_exp(a)
+    eye = torch.eye(2, dtype=torch.float64, device=device)
+    assert torch.allclose(e[-1], torch.linalg.solve(a, (flow - eye) @ forcing), atol=1e-9)
+    assert torch.allclose(cov[-1], flow @ c0 @ flow.T, atol=1e-9)
+    with pytest.raises(ValueError, match="times"):
+        linear_transport(a.expand(3, 2, 2), [0.0, 1.0])
+    with pytest.raises(ValueError, match="mean_forcing"):
+        linear_transport(a.expand(3, 2, 2), times, mean_forcing=forcing)
+
+
+def test_step_doubling_value_allowance_and_error():
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randn(10_000, 3, generator=generator, dtype=torch.float64)
+    fine = 1.0 + 0.01 + noise
+    coarse = 1.0 + 0.02 + noise  # the same noise: common random numbers
+    result = step_doubling(fine, coarse)
+    assert torch.allclose(result.value, fine.mean(0))
+    assert torch.allclose(result.allowance, torch.full((3,), 0.01, dtype=torch.float64))
+    assert torch.allclose(result.se, noise.std(0) / 100)
+    with pytest.raises(ValueError, match="coarse"):
+        step_doubling(fine, coarse[:, :2])
+
+
+def test_control_variate_removes_the_initial_noise():
+    generator = torch.Generator().manual_seed(1)
+    start = torch.randn(2000, 2, generator=generator, dtype=torch.float64)
+    cloud = carry_gaussian(lambda w: -w, [0.0, 0.0], torch.eye(2), [0.0, 1.0], nodes=6)
+    carried = rk4(lambda _t, y: -y, start, [0.0, 1.0], substeps=4)
+    kick = 0.01 * torch.randn(2, 2000, 2, generator=generator, dtype=torch.float64)
+    trained = carried + kick
+    mean_terms, cov_terms = control_variate(trained, carried, cloud)
+    assert mean_terms.shape == (2, 2000, 2) and cov_terms.shape == (2, 2000, 2, 2)
+    # the estimate is the exact mean plus the kick; its spread is that of the kick alone
+    assert torch.allclose(mean_terms.mean(1), cloud.mean() + kick.mean(1), atol=1e-12)
+    assert mean_terms.std(1).max() < 0.02
+    with pytest.raises(ValueError, match="share"):
+        control_variate(trained[:, :10], carried, cloud)
+
+
+def test_closure_remainder_next_order_of_a_sextic_on_a_gaussian():
+    # F = w^6 on N(m, C): <F> = m^6 + 15 m^4 C + 45 m^2 C^2 + 15 C^3; the closure keeps the first
+    # two terms, the leading dropped order is 45 m^2 C^2 and the next 15 C^3
+    mean, var = 0.7, 0.3
+    cloud = carry_gaussian(lambda w: 0 * w, [mean], [[var]], [0.0, 1.0], nodes=8)
+    lead, _ = closure_remainder(lambda w: w**6, cloud)
+    following, _ = closure_remainder(lambda w: w**6, cloud, moments=(5, 6))
+    assert torch.allclose(lead, torch.full((2, 1), 45 * mean**2 * var**2, dtype=torch.float64))
+    assert torch.allclose(following, torch.full((2, 1), 15 * var**3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="moments"):
+        closure_remainder(lambda w: w**6, cloud, moments=(2,))
