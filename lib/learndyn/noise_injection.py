@@ -38,12 +38,12 @@ from .backend import (
 from .checks import CheckFailed
 from .ensemble import EnsembleResult, run_ensemble
 
-#: How ``sample_batch_moments`` draws a minibatch: from samples, from the Wishart law, or the
-#: reduced map's moments (all of them, or the even ones only).
+#: How ``sample_batch_moments`` draws a minibatch (from samples, from the Wishart law, or the
+#: reduced map's moments, all of them or the even ones only).
 MOMENT_MODES = ("samples", "wishart", "reduced", "reduced_even")
-#: Noise at the NIN: drawn anew every step, or fixed per example.
+#: The noise at the NIN, drawn anew every step or fixed per example.
 NIN_MODES = ("rerandomized", "fixed")
-#: The losses of the MLP with a NIN: squared error or cross-entropy.
+#: The losses of the MLP with a NIN, squared error or cross-entropy.
 MLP_LOSSES = ("mse", "cross_entropy")
 
 

@@ -15,16 +15,16 @@ The model is a diagonal linear network ``f(x; u, v) = sum_j u_j v_j x_j`` with s
 parameters are stored as ``w = (u_1..u_d, v_1..v_d)``, shape ``(..., 2d)``, the leading axes being
 replicas. Noise types and their noisy loss ``L^(w, eta)`` (Eq. sl-noisy-losses):
 
-========== =========================================================== ==============
-kind       L^(w, eta)                                                  eta has size
-========== =========================================================== ==============
-label      1/(2n) sum_i (f_i - y_i - eta_i)^2                          n
-dropout    f_i -> sum_j (1 + eta_j) u_j v_j x_ij                        d
-dropconnect u -> u (1 + eta_u), v -> v (1 + eta_v)                      2d
-weight     L(w + eta)                                                  2d
-isotropic  L(w) - eta . w                                              2d
-minibatch  1/n sum_i (1 + eta_i) l_i(w)                                n
-========== =========================================================== ==============
+=========== ============================================================ ==============
+kind        L^(w, eta)                                                   eta has size
+=========== ============================================================ ==============
+label       ``1/(2n) sum_i (f_i - y_i - eta_i)^2``                       n
+dropout     ``f_i -> sum_j (1 + eta_j) u_j v_j x_ij``                    d
+dropconnect ``u -> u (1 + eta_u), v -> v (1 + eta_v)``                   2d
+weight      ``L(w + eta)``                                               2d
+isotropic   ``L(w) - eta . w``                                           2d
+minibatch   ``1/n sum_i (1 + eta_i) l_i(w)``                             n
+=========== ============================================================ ==============
 
 Gaussian noise for label, weight and isotropic; Bernoulli masks rescaled by the keep probability
 for dropout and DropConnect (drop probability ``sigma^2 / (1 + sigma^2)``, so that
@@ -52,10 +52,12 @@ from .backend import (
 from .ensemble import EnsembleResult, run_ensemble
 from .flows import rk4
 
+#: The noise types of the chapter, as in the table above.
 NOISE_KINDS = ("label", "dropout", "dropconnect", "weight", "isotropic", "minibatch")
-# Reg constant on every zero-loss set of the model: the limit lives on the scale alpha^2 sigma^2.
+#: The kinds whose ``Reg`` is constant on every zero-loss set of the model, so that the limit lives
+#: on the scale ``alpha^2 sigma^2``.
 DEGENERATE_KINDS = ("label", "isotropic", "minibatch")
-# Power p of the slow time alpha^p sigma^2 k on which each limiting flow below is written.
+#: The power ``p`` of the slow time ``alpha^p sigma^2 k`` on which each limiting flow is written.
 TIME_SCALE_POWER = {"label": 2, "dropout": 1, "dropconnect": 1, "weight": 1}
 
 
@@ -369,6 +371,7 @@ def slow_time(kind: str, steps, alpha: float, sigma: float) -> np.ndarray:
 
 
 
+#: The kinds for which :func:`corrected_balance` has the O(alpha) correction.
 CORRECTED_KINDS = ("label", "weight")
 
 
