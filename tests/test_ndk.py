@@ -319,3 +319,182 @@ def test_drift_bad_input_raises(device):
         ndk.drift_predictor(x, x, y, grid + 0.1, 1.2, 2.0, **physics)
     with pytest.raises(ValueError, match="readout_correlation and readout_propagator"):
         ndk.kernels_from_gram(1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, readout_correlation=0.5)
+
+
+# --------------------------------------------------------------------------------------------
+# The helpers of the chapter's experiments
+
+
+def small_ensemble(device, seed=5, n=8, width=16):
+    x_train, y, x_test = ndk.synthetic_task(2, 0.5, device=device)
+    weights = ndk.init_networks(n, [3, width], init_variance=2.0,
+                                generator=make_generator(seed, device=device), device=device)
+    return weights, x_train, y, x_test
+
+
+LANGEVIN = dict(activation="erf", temperature=0.2, prior_variance=1.0)
+
+
+def test_step_halving_fine_run_is_the_plain_simulation(device):
+    weights, x_train, y, x_test = small_ensemble(device)
+    fine, coarse = ndk.simulate_step_halving(weights, x_train, y, x_test, dt=0.05, n_steps=12,
+                                             record=4, generator=make_generator(1, device=device),
+                                             **LANGEVIN)
+    plain = ndk.simulate_langevin(weights, x_train, y, x_test, dt=0.05, n_steps=12, record=4,
+                                  generator=make_generator(1, device=device), **LANGEVIN)
+    torch.testing.assert_close(fine.train, plain.train, rtol=0, atol=0)
+    torch.testing.assert_close(fine.times, plain.times)
+    assert coarse.train.shape == fine.train.shape
+    # the coarse run is a first-order approximation of the same path: close, not equal
+    gap = float((coarse.train - fine.train).abs().max())
+    assert 0 < gap < 0.1
+
+
+def test_step_halving_couples_the_noise_exactly(device):
+    # zero inputs: every gradient vanishes, only the exact Ornstein-Uhlenbeck part acts, so the
+    # coarse run with the combined noise must follow the fine run to rounding
+    weights, _, y, x_test = small_ensemble(device)
+    zeros = torch.zeros(2, 3, device=device, dtype=torch.float64)
+    fine, coarse = ndk.simulate_step_halving(weights, zeros, y, x_test, dt=0.3, n_steps=10,
+                                             record=2, generator=make_generator(2, device=device),
+                                             **LANGEVIN)
+    for a, b in zip(fine.state, coarse.state, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(fine.test, coarse.test, rtol=1e-12, atol=1e-12)
+
+
+def test_step_halving_bad_input(device):
+    weights, x_train, y, x_test = small_ensemble(device)
+    with pytest.raises(ValueError, match="n_steps"):
+        ndk.simulate_step_halving(weights, x_train, y, x_test, dt=0.1, n_steps=5, **LANGEVIN)
+    with pytest.raises(ValueError, match="record"):
+        ndk.simulate_step_halving(weights, x_train, y, x_test, dt=0.1, n_steps=6, record=[0, 3],
+                                  **LANGEVIN)
+
+
+def test_join_runs(device):
+    weights, x_train, y, x_test = small_ensemble(device)
+    generator = make_generator(3, device=device)
+    first = ndk.simulate_langevin(weights, x_train, y, x_test, dt=0.1, n_steps=4, record=2,
+                                  generator=generator, **LANGEVIN)
+    second = ndk.simulate_langevin(first.state, x_train, y, x_test, dt=0.1, n_steps=4,
+                                   record=[2, 4], generator=generator, **LANGEVIN)
+    joined = ndk.join_runs(first, second, 0.4)
+    torch.testing.assert_close(joined.times, torch.tensor([0.0, 0.2, 0.4, 0.6, 0.8],
+                                                          device=device, dtype=torch.float64))
+    assert joined.train.shape[0] == 5 and joined.state is second.state
+
+
+def test_pair_moments_and_width_extrapolation(device):
+    samples = torch.tensor([[1.0, 3.0, 5.0, 3.0, 1.0, 3.0]], device=device, dtype=torch.float64)
+    mean, se = ndk.pair_moments(samples, dim=1)                 # pairs (1,3), (3,1), (5,3)
+    torch.testing.assert_close(mean, torch.tensor([8.0 / 3.0], device=device,
+                                                  dtype=torch.float64))
+    torch.testing.assert_close(se, torch.tensor([2.0 / 3.0], device=device,
+                                                dtype=torch.float64))      # std 2/sqrt(3)
+    with pytest.raises(ValueError, match="replicas"):
+        ndk.pair_moments(samples[:, :3], dim=1)
+    narrow = (torch.tensor(1.2), torch.tensor(0.3))
+    wide = (torch.tensor(1.1), torch.tensor(0.2))
+    value, error = ndk.width_extrapolation(narrow, wide)
+    assert float(value) == pytest.approx(1.0) and float(error) == pytest.approx(0.5)
+
+
+def test_time_grid_and_refine(device):
+    grid = ndk.time_grid(2.0, 40.0, 5, 4, device=device)
+    assert grid.numel() == 8 and float(grid[0]) == 0.0
+    assert float(grid[-1]) == pytest.approx(40.0) and bool((torch.diff(grid) > 0).all())
+    fine = ndk.refine(grid)
+    assert fine.numel() == 15
+    torch.testing.assert_close(fine[::2], grid, rtol=0, atol=0)
+    torch.testing.assert_close(fine[1::2], (grid[1:] + grid[:-1]) / 2)
+    with pytest.raises(ValueError, match="t_switch"):
+        ndk.time_grid(3.0, 2.0, 5, 4)
+    with pytest.raises(ValueError, match="times"):
+        ndk.refine(torch.zeros(1))
+
+
+def test_symmetric_solution_is_the_vector_volterra_solution(device):
+    physics = dict(activation="erf", depth=2, temperature=0.1, prior_variance=1.0,
+                   init_variance=0.5, device=device)
+    times = ndk.time_grid(1.0, 10.0, 11, 8, device=device)
+    x_train, y, x_test = ndk.synthetic_task(4, 0.6, device=device)
+    train = ndk.two_time_kernels(x_train, x_train, times[:, None], times[None, :], **physics).ndk
+    test = ndk.two_time_kernels(x_test, x_train, times[:, None], times[None, :], **physics).ndk
+    f_train, f_test = ndk.solve_volterra(train, y, times, test, device=device)
+    g, f = ndk.symmetric_solution(times, 0.6, **physics)
+    torch.testing.assert_close(f_train * y, g[:, None].expand(-1, 4), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(f_test[:, 0], f, rtol=1e-10, atol=1e-12)
+
+
+def test_empirical_kernels(device):
+    generator = make_generator(4, device=device)
+    x = random_inputs(3, 5, device)
+    weights = ndk.init_networks(6, [5, 32], init_variance=1.0, antithetic=False,
+                                generator=generator, device=device)
+    samples = ndk.empirical_kernels(weights, weights, x, 0.0, activation="linear",
+                                    temperature=0.1, prior_variance=1.0)
+    assert set(samples) == {"nngp", "derivative", "ndk", "first_layer"}
+    assert all(tuple(v.shape) == (6, 3, 3) for v in samples.values())
+    torch.testing.assert_close(samples["derivative"], torch.ones_like(samples["derivative"]))
+    gradients = ndk.output_gradients(weights, x, "linear")
+    torch.testing.assert_close(samples["ndk"], gradients @ gradients.transpose(1, 2))
+    torch.testing.assert_close(samples["nngp"], samples["first_layer"])     # one hidden layer
+
+
+def test_fluctuation_dissipation_sides_converge_at_second_order(device):
+    x = random_inputs(3, 4, device)
+    physics = dict(activation="erf", depth=2, temperature=0.5, prior_variance=1.0,
+                   init_variance=2.0, device=device)
+    response, fine, coarse = ndk.fluctuation_dissipation_sides(x, 60.0, 52.0, 1e-2, **physics)
+    ratio = float((coarse - response).abs().max() / (fine - response).abs().max())
+    assert 3.5 < ratio < 4.5
+
+
+def test_integrated_ndk_is_the_gp_kernel_over_t(device):
+    x = random_inputs(3, 4, device)
+    integral = ndk.integrated_ndk(x, 200, activation="linear", depth=2, temperature=0.5,
+                                  prior_variance=1.0, device=device)
+    k_gp = ndk.static_kernels(x, x, weight_variance=1.0, activation="linear", depth=2,
+                              device=device)[0]
+    torch.testing.assert_close(integral, k_gp / 0.5, rtol=1e-10, atol=1e-12)
+
+
+def test_threshold_accuracy():
+    labels = torch.tensor([1.0, 1.0, -1.0, -1.0])
+    assert ndk.threshold_accuracy(torch.tensor([3.0, 2.0, 1.0, 0.0]), labels) == 1.0
+    assert ndk.threshold_accuracy(torch.tensor([0.0, 1.0, 2.0, 3.0]), labels) == 1.0
+    # ties are never split: equal values carry both labels, so at most 3 of 4 are right
+    assert ndk.threshold_accuracy(torch.tensor([1.0, 2.0, 2.0, 0.0]), labels) == 0.75
+    with pytest.raises(ValueError, match="labels"):
+        ndk.threshold_accuracy(torch.zeros(3), labels)
+
+
+def test_digit_pair_and_frozen_predictors(device):
+    x, y, raw = ndk.digit_pair((0, 1), per_class=10, device=device)
+    assert tuple(x.shape) == (20, 64) and tuple(raw.shape) == (20, 64)
+    assert float(y[:10].min()) == 1.0 and float(y[10:].max()) == -1.0
+    assert float(x.square().sum(1).mean() / 64) == pytest.approx(1.0)
+    lags = torch.tensor([0.0, 2400.0], device=device, dtype=torch.float64)
+    frozen, limit, last, limit_kernel = ndk.frozen_predictors(x, y, lags, activation="relu",
+                                                              depth=2, temperature=0.01,
+                                                              device=device)
+    k_gp = ndk.static_kernels(x, x, weight_variance=1.0, activation="relu", depth=2,
+                              device=device)[0]
+    eye = torch.eye(20, device=device, dtype=torch.float64)
+    torch.testing.assert_close(frozen[0], k_gp @ torch.linalg.solve(k_gp + 0.01 * eye, y))
+    torch.testing.assert_close(last, limit_kernel, rtol=0, atol=1e-9)
+    assert tuple(limit.shape) == (20,)
+
+
+def test_stopping_scan_and_winning_ratios(device):
+    grid = torch.cat([torch.linspace(0.0, 2.0, 51, device=device, dtype=torch.float64),
+                      torch.linspace(2.0, 40.0, 191, device=device, dtype=torch.float64)[1:]])
+    scan = ndk.stopping_scan([0.5, 4.0], grid, rho=0.73, activation="erf", depth=2,
+                             temperature=0.1, device=device)
+    assert set(scan) == {0.5, 4.0}
+    assert all(v["best"] <= v["last"] and v["error"] >= 0 for v in scan.values())
+    assert ndk.winning_ratios(scan, float(grid[-1])) == [4.0]     # the large ratio overshoots
+    rows = {1.0: dict(t_best=5.0, best=0.1, ntk=0.2, gp=0.3, error=1e-3),
+            2.0: dict(t_best=39.5, best=0.1, ntk=0.2, gp=0.3, error=1e-3)}
+    assert ndk.winning_ratios(rows, 40.0) == [1.0]

@@ -26,9 +26,11 @@ pairs at once; they compute in float64 unless asked otherwise.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .backend import (
@@ -39,7 +41,7 @@ from .backend import (
     resolve_device,
     resolve_dtype,
 )
-from .ensemble import run_ensemble
+from .ensemble import every, run_ensemble
 
 ACTIVATIONS = ("linear", "relu", "erf")
 _TWO_PI = 2.0 * math.pi
@@ -651,11 +653,17 @@ def sample_prior_pair(weights, lag: float, *, temperature: float, prior_variance
 
 
 def langevin_step(weights, generator, *, x, y, activation: str, temperature: float,
-                  prior_variance: float, dt: float, learning: bool = True, antithetic: bool = True):
-    """One step of the Langevin dynamics {eq}`ndk-langevin` for the whole ensemble: the prior part
+                  prior_variance: float, dt: float, learning: bool = True, antithetic: bool = True,
+                  noise=None):
+    """One step of the Langevin dynamics for the whole ensemble.
+
+    Implements :eq:`ndk-langevin` of :doc:`/book/neural_dynamical_kernel`: the prior part
     (Ornstein-Uhlenbeck) is integrated exactly, the loss gradient by an Euler step of size ``dt``
     (error O(dt)). With ``learning=False`` only the prior part acts (the drift protocol).
-    Antithetic pairs get the same noise except for a negated readout noise."""
+    Antithetic pairs get the same noise except for a negated readout noise. ``noise``, when given,
+    holds the standard normals of this step, one tensor per weight tensor (the first half of the
+    ensemble with antithetic pairs), instead of drawing them from ``generator``.
+    """
     k = temperature / prior_variance
     decay = math.exp(-k * dt)
     spread = math.sqrt(prior_variance * -math.expm1(-2.0 * k * dt))
@@ -663,11 +671,15 @@ def langevin_step(weights, generator, *, x, y, activation: str, temperature: flo
     new = []
     for index, (w, g) in enumerate(zip(weights, grads, strict=True)):
         half = w.shape[0] // 2 if antithetic else w.shape[0]
-        noise = torch.randn(half, *w.shape[1:], generator=generator, device=w.device, dtype=w.dtype)
+        if noise is None:
+            xi = torch.randn(half, *w.shape[1:], generator=generator, device=w.device,
+                             dtype=w.dtype)
+        else:
+            xi = noise[index]
         if antithetic:
             sign = -1.0 if index == len(weights) - 1 else 1.0
-            noise = torch.cat([noise, sign * noise], 0)
-        step = decay * w + spread * noise
+            xi = torch.cat([xi, sign * xi], 0)
+        step = decay * w + spread * xi
         new.append(step - dt * g if learning else step)
     return tuple(new)
 
@@ -717,10 +729,366 @@ def simulate_langevin(weights, x_train, y, x_test, *, activation: str = "relu",
                        result.diverged)
 
 
+def simulate_step_halving(weights, x_train, y, x_test, *, activation: str = "relu",
+                          temperature: float, prior_variance: float, dt: float, n_steps: int,
+                          record=2, antithetic: bool = True, generator=None, coarse_weights=None):
+    """Two Langevin ensembles from the same ``weights``, one with steps ``dt`` and one with steps
+    ``2 dt``, driven by common random numbers (step halving for the Euler error).
+
+    Implements :eq:`ndk-langevin` of :doc:`/book/neural_dynamical_kernel`. The fine ensemble is
+    exactly :func:`simulate_langevin` with the same generator; the coarse one receives, in each of
+    its steps, the Ornstein-Uhlenbeck noise of the two fine steps it spans, combined exactly
+    (e^{-k dt} s xi_1 + s xi_2 = s_2 xi with s^2 = sigma^2 (1 - e^{-2 k dt})), so the prior parts
+    agree step for step and the two ensembles differ only by the Euler error of the loss gradient.
+    For a first-order scheme the difference of their means estimates the bias of the fine one.
+
+    ``n_steps`` (fine steps) and every step of ``record`` (an even interval or even step indices)
+    must be even. ``coarse_weights`` starts the coarse ensemble elsewhere (to continue a pair of
+    runs). Returns ``(fine, coarse)``, two :class:`LangevinRun` recorded at the same times.
+    """
+    check_positive(temperature, "temperature", allow_zero=True)
+    check_positive(prior_variance, "prior_variance")
+    check_positive(dt, "dt")
+    check_count(n_steps, "n_steps", minimum=0)
+    _check_activation(activation)
+    if n_steps % 2:
+        raise ValueError(f"n_steps={n_steps!r} must be even (two fine steps per coarse step)")
+    steps = (every(int(record), n_steps) if isinstance(record, int)
+             else np.unique(np.asarray(record, dtype=int)))
+    if np.any(steps % 2):
+        raise ValueError(f"record={record!r} must hold even step indices (times of the coarse run)")
+    weights = tuple(weights)
+    coarse_weights = weights if coarse_weights is None else tuple(coarse_weights)
+    layers = len(weights)
+    k = temperature / prior_variance
+    decay = math.exp(-k * dt)
+    spread = math.sqrt(prior_variance * -math.expm1(-2.0 * k * dt))
+    spread_coarse = math.sqrt(prior_variance * -math.expm1(-4.0 * k * dt))
+    physics = dict(x=x_train, y=y, activation=activation, temperature=temperature,
+                   prior_variance=prior_variance, antithetic=antithetic)
+
+    def normals(state, gen):
+        return [torch.randn(w.shape[0] // 2 if antithetic else w.shape[0], *w.shape[1:],
+                            generator=gen, device=w.device, dtype=w.dtype) for w in state]
+
+    def step(state, gen):
+        fine, coarse = state[:layers], state[layers:]
+        first = normals(fine, gen)
+        fine = langevin_step(fine, gen, dt=dt, noise=first, **physics)
+        second = normals(fine, gen)
+        fine = langevin_step(fine, gen, dt=dt, noise=second, **physics)
+        combined = [(decay * spread * a + spread * b) / spread_coarse if spread_coarse > 0 else a
+                    for a, b in zip(first, second, strict=True)]
+        coarse = langevin_step(coarse, gen, dt=2.0 * dt, noise=combined, **physics)
+        return (*fine, *coarse)
+
+    def observe(state):
+        fine, coarse = state[:layers], state[layers:]
+        return {"train": network_forward(fine, x_train, activation)[0],
+                "test": network_forward(fine, x_test, activation)[0],
+                "train_coarse": network_forward(coarse, x_train, activation)[0],
+                "test_coarse": network_forward(coarse, x_test, activation)[0]}
+
+    result = run_ensemble(step, (*weights, *coarse_weights), n_steps // 2, record=steps // 2,
+                          observe=observe, generator=generator)
+    times = torch.as_tensor(result.steps * 2.0 * dt, dtype=x_train.dtype, device=x_train.device)
+    records = result.records
+    fine = LangevinRun(times, records["train"], records["test"], result.state[:layers],
+                       result.diverged)
+    coarse = LangevinRun(times, records["train_coarse"], records["test_coarse"],
+                         result.state[layers:], result.diverged)
+    return fine, coarse
+
+
+def join_runs(first: LangevinRun, second: LangevinRun, offset: float) -> LangevinRun:
+    """One :class:`LangevinRun` from ``second``, which continued ``first`` from its final state
+    after a time ``offset`` (the records of ``second`` count from there). Used for the runs of
+    :eq:`ndk-langevin` of :doc:`/book/neural_dynamical_kernel` that are split at a freezing time.
+    """
+    return LangevinRun(torch.cat([first.times, second.times + offset]),
+                       torch.cat([first.train, second.train]), torch.cat([first.test, second.test]),
+                       second.state, first.diverged | second.diverged)
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers of the chapter's experiments
+
+
+def pair_moments(samples: torch.Tensor, dim: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard error over an ensemble of antithetic pairs along ``dim``.
+
+    Used by the Langevin checks of :doc:`/book/neural_dynamical_kernel` (:eq:`ndk-langevin`):
+    replica ``r`` and ``r + R/2`` form a pair (see :func:`init_networks`); the pair means are
+    i.i.d., so the standard error is computed from them.
+    """
+    n = samples.shape[dim]
+    if n < 4 or n % 2:
+        raise ValueError(f"samples has {n} replicas along dim {dim}; need an even number >= 4")
+    first, second = samples.split(n // 2, dim)
+    pairs = (first + second) / 2
+    return pairs.mean(dim), pairs.std(dim) / math.sqrt(n // 2)
+
+
+def width_extrapolation(narrow, wide):
+    """Richardson extrapolation to infinite width of an O(1/N) finite-width bias.
+
+    ``narrow`` and ``wide`` are ``(mean, se)`` measured at widths N and 2N (independent
+    ensembles); returns ``(2 wide - narrow, sqrt(4 se_wide^2 + se_narrow^2))``, the estimate of the
+    wide limit that the theories of :doc:`/book/neural_dynamical_kernel` describe
+    (:eq:`ndk-volterra-train`), with its standard error.
+    """
+    (mean_n, se_n), (mean_w, se_w) = narrow, wide
+    return 2 * mean_w - mean_n, torch.sqrt(4 * se_w**2 + se_n**2)
+
+
+def time_grid(t_switch: float, t_end: float, n_fine: int, n_coarse: int, *, device=None,
+              dtype=None) -> torch.Tensor:
+    """Nodes for :func:`solve_volterra`: ``n_fine`` uniform ones on [0, t_switch], then
+    ``n_coarse - 1`` geometric ones up to ``t_end``; they resolve the fast gradient-driven phase and
+    the slow diffusive one with few nodes. Used with :eq:`ndk-volterra-train` of
+    :doc:`/book/neural_dynamical_kernel`.
+    """
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    if not 0 < t_switch < t_end:
+        raise ValueError(f"need 0 < t_switch < t_end, got t_switch={t_switch!r}, t_end={t_end!r}")
+    check_count(n_fine, "n_fine", minimum=2)
+    check_count(n_coarse, "n_coarse", minimum=2)
+    fine = torch.linspace(0.0, t_switch, n_fine, device=device, dtype=dtype)
+    coarse = torch.logspace(math.log10(t_switch), math.log10(t_end), n_coarse, device=device,
+                            dtype=dtype)[1:]
+    return torch.cat([fine, coarse])
+
+
+def refine(times: torch.Tensor) -> torch.Tensor:
+    """The grid with every step halved (midpoints inserted), for step-halving estimates of the
+    trapezoid error of :func:`solve_volterra` (:eq:`ndk-volterra-train` of
+    :doc:`/book/neural_dynamical_kernel`); the old nodes are the even nodes of the new grid."""
+    if not isinstance(times, torch.Tensor) or times.dim() != 1 or times.numel() < 2:
+        raise ValueError("times must be a 1-d tensor of at least two nodes")
+    middle = (times[1:] + times[:-1]) / 2
+    return torch.cat([torch.stack([times[:-1], middle], 1).reshape(-1), times[-1:]])
+
+
+def symmetric_solution(times, rho: float, *, activation: str = "relu", depth: int = 1,
+                       temperature: float, prior_variance: float, init_variance: float,
+                       device=None, dtype=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean predictor of the synthetic task: g(t) = y.f_train(t)/P and f(x_test, t).
+
+    Implements :eq:`ndk-scalar` of :doc:`/book/neural_dynamical_kernel`: the kernels of
+    :func:`symmetric_task_kernels` solved by :func:`solve_volterra`. Returns two tensors of shape
+    ``(len(times),)``.
+    """
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    train, test, _ = symmetric_task_kernels(times, rho, activation=activation, depth=depth,
+                                            temperature=temperature, prior_variance=prior_variance,
+                                            init_variance=init_variance, device=device,
+                                            dtype=dtype)
+    times = as_tensor(times, "times", device=device, dtype=dtype)
+    g, f = solve_volterra(train, torch.ones(1, device=device, dtype=dtype), times, test,
+                          device=device, dtype=dtype)
+    return g[:, 0], f[:, 0]
+
+
+def empirical_kernels(weights_1, weights_2, x, lag: float, *, activation: str = "relu",
+                      temperature: float, prior_variance: float) -> dict[str, torch.Tensor]:
+    """Per-network samples of the two-time kernels, for networks ``weights_1`` at a time t and
+    ``weights_2`` at t' = t + ``lag`` (the same networks moved by the prior process).
+
+    The finite-width counterparts of :eq:`ndk-layer-map` and :eq:`ndk-recursion` of
+    :doc:`/book/neural_dynamical_kernel`: ``nngp`` x_L(t).x_L(t')/N_L, ``derivative``
+    phi'(h_L(t)).phi'(h_L(t'))/N_L, ``ndk`` e^{-k lag} grad f(t).grad f(t'), and ``first_layer``
+    x_1(t).x_1(t)/N_1 (whose relative variance measures the finite-width fluctuation). Each entry
+    has shape (R, n, n) for inputs ``x`` (n, N_0).
+    """
+    check_positive(lag, "lag", allow_zero=True)
+    k = check_positive(temperature, "temperature", allow_zero=True) / check_positive(
+        prior_variance, "prior_variance")
+    _, derivative_fn = activation_functions(_check_activation(activation))
+    _, pre_1, post_1 = network_forward(weights_1, x, activation)
+    _, pre_2, post_2 = network_forward(weights_2, x, activation)
+    width = post_1[-1].shape[-1]
+    grads_1 = output_gradients(weights_1, x, activation)
+    grads_2 = output_gradients(weights_2, x, activation)
+    return {
+        "nngp": post_1[-1] @ post_2[-1].transpose(1, 2) / width,
+        "derivative": derivative_fn(pre_1[-1]) @ derivative_fn(pre_2[-1]).transpose(1, 2) / width,
+        "ndk": math.exp(-k * lag) * grads_1 @ grads_2.transpose(1, 2),
+        "first_layer": post_1[1] @ post_1[1].transpose(1, 2) / post_1[1].shape[-1],
+    }
+
+
+def fluctuation_dissipation_sides(x, t_late: float, t_early: float, step: float, *,
+                                  activation: str = "relu", depth: int = 1, temperature: float,
+                                  prior_variance: float, init_variance: float, device=None,
+                                  dtype=None):
+    """Both sides of :eq:`ndk-identity` of :doc:`/book/neural_dynamical_kernel` at the time pair
+    (t, t') = (``t_late``, ``t_early``): the NDK K_d(t, t'), and T^{-1} d/dt' [C K^L] by central
+    differences with steps ``step`` and ``step / 2``. Returns ``(ndk, fine, coarse)``, each (n, n);
+    the central difference has error ~ c h^2, so |fine - ndk| falls 4x from coarse to fine when the
+    identity holds.
+    """
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    check_positive(step, "step")
+    physics = dict(activation=activation, depth=depth, temperature=temperature,
+                   prior_variance=prior_variance, init_variance=init_variance, device=device,
+                   dtype=dtype)
+    offsets = torch.tensor([-step, step, -step / 2, step / 2], device=device, dtype=dtype)
+    shifted = two_time_kernels(x, x, t_late, t_early + offsets, **physics).output_covariance
+    coarse = (shifted[1] - shifted[0]) / (2 * step) / temperature
+    fine = (shifted[3] - shifted[2]) / step / temperature
+    return two_time_kernels(x, x, t_late, t_early, **physics).ndk, fine, coarse
+
+
+@functools.lru_cache(maxsize=8)
+def _gauss_legendre(n_nodes: int):
+    """Gauss-Legendre nodes and weights on [-1, 1] (cached: an eigenvalue problem of size n)."""
+    return np.polynomial.legendre.leggauss(n_nodes)
+
+
+def integrated_ndk(x, n_nodes: int, *, activation: str = "relu", depth: int = 1,
+                   temperature: float, prior_variance: float, device=None, dtype=None):
+    """int_0^inf K_d(tau, 0, x, x') dtau for the stationary prior (sigma_0^2 = sigma^2), the left
+    side of :eq:`ndk-integrated` of :doc:`/book/neural_dynamical_kernel`.
+
+    Gauss-Legendre quadrature with ``n_nodes`` nodes in u = e^{-k tau}, which maps [0, inf) onto
+    (0, 1]. Returns (n, n).
+    """
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    check_count(n_nodes, "n_nodes", minimum=2)
+    k = check_positive(temperature, "temperature") / check_positive(prior_variance,
+                                                                     "prior_variance")
+    u, w = _gauss_legendre(n_nodes)
+    u = torch.tensor((u + 1) / 2, device=device, dtype=dtype)
+    w = torch.tensor(w / 2, device=device, dtype=dtype)
+    kernel = two_time_kernels(x, x, -torch.log(u) / k, 0.0, activation=activation, depth=depth,
+                              temperature=temperature, prior_variance=prior_variance,
+                              init_variance=prior_variance, device=device, dtype=dtype).ndk
+    return torch.einsum("n,nab->ab", w / (k * u), kernel)
+
+
+def threshold_accuracy(values, labels) -> float:
+    """The best accuracy of one threshold on ``values`` ("label +1 iff value >= cut", or the
+    reverse): the best one-dimensional linear classifier, used on the frozen predictor of
+    :eq:`ndk-drift` of :doc:`/book/neural_dynamical_kernel`. Values equal to 1e-9 relative
+    (rounding noise) are merged, so tied inputs are never split by a cut.
+    """
+    values = torch.as_tensor(values)
+    labels = torch.as_tensor(labels)
+    if values.shape != labels.shape or values.dim() != 1:
+        raise ValueError(f"values {tuple(values.shape)} and labels {tuple(labels.shape)} must be "
+                         "1-d of one length")
+    merged = torch.round(values / values.abs().max().clamp_min(1e-300) * 1e9)
+    cuts = torch.unique(merged)
+    accuracy = ((merged[None, :] >= cuts[:, None]) == (labels > 0)[None, :]).double().mean(1)
+    return float(torch.maximum(accuracy, 1 - accuracy).max())
+
+
+def digit_pair(classes, per_class: int = 50, *, device=None, dtype=None):
+    """The first ``per_class`` 8x8 digits of each of two ``classes``, scaled by one common factor
+    so that the mean of x.x/N_0 is 1, with labels +1 (first class) and -1: the data of the drift
+    experiment of :doc:`/book/neural_dynamical_kernel` (:eq:`ndk-drift`).
+    Returns ``(x (n, 64), y (n,), raw images (n, 64))``.
+    """
+    from .data import load_digits
+
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    if len(classes) != 2:
+        raise ValueError(f"classes={classes!r} must name two digits")
+    images, labels = load_digits(classes=classes, device=device, dtype=dtype)
+    keep = torch.cat([torch.nonzero(labels == c)[:per_class, 0] for c in classes])
+    raw = images[keep]
+    x = raw / raw.square().sum(1).mean().div(raw.shape[1]).sqrt()
+    y = torch.where(labels[keep] == classes[0], 1.0, -1.0).to(dtype)
+    return x, y, raw
+
+
+def frozen_predictors(x, y, lags, *, activation: str = "relu", depth: int = 2,
+                      temperature: float, prior_variance: float = 1.0, device=None, dtype=None):
+    """The equilibrium drift predictor on the training set at each lag t - t_0 in ``lags``, and its
+    decorrelated limit.
+
+    Implements :eq:`ndk-drift` and :eq:`ndk-drift-limit` of :doc:`/book/neural_dynamical_kernel`
+    for inputs ``x`` (n, N_0) and labels ``y`` (n,). Returns ``(frozen (n_lags, n), limit (n,),
+    kernel at the last lag (n, n), limit kernel (n, n))``.
+    """
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    check_positive(temperature, "temperature")
+    x = _inputs(x, "x", device, dtype)
+    y = as_tensor(y, "y", device=device, dtype=dtype)
+    weights = dict(weight_variance=prior_variance, activation=activation, depth=depth,
+                   device=device, dtype=dtype)
+    k_gp, _ = static_kernels(x, x, **weights)
+    eye = torch.eye(x.shape[0], device=device, dtype=dtype)
+    alpha = torch.linalg.solve(k_gp + temperature * eye, y)
+    lags = as_tensor(lags, "lags", device=device, dtype=dtype)
+    two = two_time_kernels(x, x, lags, 0.0, activation=activation, depth=depth,
+                           temperature=temperature, prior_variance=prior_variance,
+                           init_variance=prior_variance, device=device, dtype=dtype).nngp
+    limit = decorrelated_kernel(x, x, **weights)
+    return prior_variance * two @ alpha, prior_variance * limit @ alpha, two[-1], limit
+
+
+def stopping_scan(ratios, grid, *, rho: float, n_train: int = 4, activation: str = "relu",
+                  depth: int = 1, temperature: float, prior_variance: float = 1.0,
+                  max_first_step: float = 0.4, device=None,
+                  dtype=None) -> dict[float, dict[str, float]]:
+    """The best stopping time of the synthetic task (``n_train`` inputs, test overlap ``rho``, see
+    :func:`synthetic_task`) for each sigma_0^2 / sigma^2 in ``ratios``.
+
+    For each ratio, :func:`symmetric_solution` (:eq:`ndk-scalar` of
+    :doc:`/book/neural_dynamical_kernel`) on ``grid``; the test error (1 - f(x_test, t))^2 at its
+    minimum ``best`` (time ``t_best``) and at the end of the grid ``last``; the errors of the NTK
+    (:eq:`ndk-ntk-solution`) and NNGP (:eq:`ndk-nngp-equilibrium`) equilibria; ``error``, the
+    solver error bound from solving again on every other node; ``lam_min``, the smallest NTK
+    eigenvalue. Ratios whose largest NTK eigenvalue times the first step exceeds
+    ``max_first_step`` are left out (the grid would not resolve their gradient-driven phase).
+    """
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    x_train, y, x_test = synthetic_task(n_train, rho, device=device, dtype=dtype)
+    inputs = torch.cat([x_train, x_test])
+    n = n_train
+    kernel_args = dict(activation=activation, depth=depth, device=device, dtype=dtype)
+    gp_kernel, _ = static_kernels(inputs, inputs, weight_variance=prior_variance, **kernel_args)
+    f_gp = float(nngp_equilibrium(gp_kernel[:n, :n], gp_kernel[n:, :n], y, temperature,
+                                  device=device, dtype=dtype)[1][0])
+    results = {}
+    for ratio in ratios:
+        variance = float(ratio) * prior_variance
+        _, ntk = static_kernels(inputs, inputs, weight_variance=variance, **kernel_args)
+        eigenvalues = torch.linalg.eigvalsh(ntk[:n, :n])
+        if float(eigenvalues.max()) * float(grid[1] - grid[0]) > max_first_step:
+            continue
+        f_ntk = float(ntk[n, :n] @ torch.linalg.solve(ntk[:n, :n], y))
+        physics = dict(temperature=temperature, prior_variance=prior_variance,
+                       init_variance=variance, **kernel_args)
+        _, f_curve = symmetric_solution(grid, rho, **physics)
+        _, f_double = symmetric_solution(grid[::2], rho, **physics)
+        test_error = (1 - f_curve) ** 2
+        best = int(torch.argmin(test_error))
+        results[float(ratio)] = dict(
+            t_best=float(grid[best]), best=float(test_error[best]), last=float(test_error[-1]),
+            ntk=(1 - f_ntk) ** 2, gp=(1 - f_gp) ** 2,
+            error=float((f_curve[::2] - f_double).abs().max()), lam_min=float(eigenvalues.min()))
+    return results
+
+
+def winning_ratios(scan: dict[float, dict[str, float]], t_last: float) -> list[float]:
+    """The ratios of a :func:`stopping_scan` where stopping early wins: an interior optimum
+    (t* before ``t_last - 1``) whose test error is below that of the better equilibrium
+    (:eq:`ndk-nngp-equilibrium`, :eq:`ndk-ntk-solution` of :doc:`/book/neural_dynamical_kernel`)
+    by more than ten times the solver error bound.
+    """
+    return [ratio for ratio, v in scan.items()
+            if v["t_best"] < t_last - 1 and min(v["ntk"], v["gp"]) - v["best"] > 10 * v["error"]]
+
+
 __all__ = ["ACTIVATIONS", "Kernels", "LangevinRun", "activation_functions", "decorrelated_kernel",
            "drift_kernels", "drift_predictor", "gaussian_maps", "init_networks", "input_gram",
            "kernels_from_gram", "langevin_step", "loss_gradients", "network_forward",
            "nngp_equilibrium", "ntk_predictor", "output_gradients", "prior_correlation",
            "sample_prior_pair", "simulate_langevin", "solve_volterra", "static_kernels",
            "symmetric_task_kernels", "synthetic_task", "trapezoid_weights", "two_time_kernels",
-           "volterra_double_loop"]
+           "volterra_double_loop", "simulate_step_halving", "join_runs", "pair_moments",
+           "width_extrapolation", "time_grid", "refine", "symmetric_solution", "empirical_kernels",
+           "fluctuation_dissipation_sides", "integrated_ndk", "threshold_accuracy", "digit_pair",
+           "frozen_predictors", "stopping_scan", "winning_ratios"]
