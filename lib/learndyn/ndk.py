@@ -5,18 +5,18 @@ trained by Langevin dynamics on ``E = 1/2 sum_mu (f_mu - y_mu)^2 + T/(2 sigma^2)
 of temperature ``T`` from ``Theta(0) ~ N(0, sigma_0^2)``. Equation labels refer to chapter 5:
 
 * ``prior_correlation``: C(t, t') of the weights under the prior (Ornstein-Uhlenbeck) process,
-  {eq}`ndk-prior-correlation`;
+  :eq:`ndk-prior-correlation`;
 * ``two_time_kernels`` / ``kernels_from_gram``: the two-time NNGP kernel K^L, the derivative kernel
-  Kdot^L and the NDK K_d^L by the layer recursion {eq}`ndk-layer-map`, {eq}`ndk-recursion`, for
+  Kdot^L and the NDK K_d^L by the layer recursion :eq:`ndk-layer-map`, :eq:`ndk-recursion`, for
   linear, ReLU and erf activations at any depth;
 * ``static_kernels``: the ordinary NNGP and NTK kernels (the special cases C = sigma^2 and t = t' = 0);
-* ``solve_volterra``: the mean-predictor equations {eq}`ndk-volterra-train`, {eq}`ndk-volterra-test`;
-  ``symmetric_task_kernels`` gives their scalar reduction for the synthetic task {eq}`ndk-scalar`;
-* ``ntk_predictor`` {eq}`ndk-ntk-solution` and ``nngp_equilibrium`` {eq}`ndk-nngp-equilibrium`;
+* ``solve_volterra``: the mean-predictor equations :eq:`ndk-volterra-train`, :eq:`ndk-volterra-test`;
+  ``symmetric_task_kernels`` gives their scalar reduction for the synthetic task :eq:`ndk-scalar`;
+* ``ntk_predictor`` :eq:`ndk-ntk-solution` and ``nngp_equilibrium`` :eq:`ndk-nngp-equilibrium`;
 * ``drift_kernels`` / ``drift_predictor``: the readout frozen at a time t_0 while the hidden weights
-  diffuse, the drift kernel {eq}`ndk-drift-kernel` and the mean output {eq}`ndk-drift-general`
-  (any t_0; the equilibrium case is {eq}`ndk-drift`), and ``decorrelated_kernel``, its long-lag
-  limit {eq}`ndk-drift-limit`;
+  diffuse, the drift kernel :eq:`ndk-drift-kernel` and the mean output :eq:`ndk-drift-general`
+  (any t_0; the equilibrium case is :eq:`ndk-drift`), and ``decorrelated_kernel``, its long-lag
+  limit :eq:`ndk-drift-limit`;
 * ``init_networks`` / ``simulate_langevin``: ensembles of finite-width networks trained by Langevin
   dynamics, one batched operation per step, with the frozen-readout (drift) protocol.
 
@@ -43,6 +43,7 @@ from .backend import (
 )
 from .ensemble import every, run_ensemble
 
+#: The activations of the kernel recursion.
 ACTIVATIONS = ("linear", "relu", "erf")
 _TWO_PI = 2.0 * math.pi
 
@@ -61,10 +62,9 @@ def _check_variances(temperature, prior_variance, init_variance):
 
 def prior_correlation(t1, t2, *, temperature: float, prior_variance: float, init_variance: float,
                       device=None, dtype=None) -> torch.Tensor:
-    """C(t, t') = sigma^2 e^{-k|t - t'|} + (sigma_0^2 - sigma^2) e^{-k (t + t')}, k = T / sigma^2.
+    """``C(t, t') = sigma^2 e^{-k|t - t'|} + (sigma_0^2 - sigma^2) e^{-k (t + t')}``, ``k = T / sigma^2``.
 
-    The correlation of one weight under the prior Ornstein-Uhlenbeck process, chapter 5 Eq.
-    {eq}`ndk-prior-correlation`. ``t1`` and ``t2`` (non-negative times) broadcast against each other.
+    The correlation of one weight under the prior Ornstein-Uhlenbeck process, chapter 5 :eq:`ndk-prior-correlation`. ``t1`` and ``t2`` (non-negative times) broadcast against each other.
     """
     temperature, prior_variance, init_variance = _check_variances(temperature, prior_variance,
                                                                   init_variance)
@@ -84,7 +84,7 @@ def _times(value, name, device, dtype) -> torch.Tensor:
 def gaussian_maps(activation: str, q1: torch.Tensor, q2: torch.Tensor, c: torch.Tensor):
     """(E[phi(u) phi(v)], E[phi'(u) phi'(v)]) for centred Gaussians of variances q1, q2, covariance c.
 
-    Chapter 5 Eqs. {eq}`ndk-relu-maps`, {eq}`ndk-erf-maps` (linear: (c, 1)). Elementwise; the
+    Chapter 5 :eq:`ndk-relu-maps`, :eq:`ndk-erf-maps` (linear: (c, 1)). Elementwise; the
     arguments broadcast. The second map is the derivative of the first in c (Price's theorem).
     """
     _check_activation(activation)
@@ -125,18 +125,18 @@ class Kernels:
 def kernels_from_gram(gram, self1, self2, correlation, variance1, variance2, propagator, *,
                       activation: str = "relu", depth: int = 1, readout_correlation=None,
                       readout_propagator=None) -> Kernels:
-    """The layer recursion of chapter 5, Eqs. {eq}`ndk-layer-map` and {eq}`ndk-recursion`.
+    """The layer recursion of chapter 5, :eq:`ndk-layer-map` and :eq:`ndk-recursion`.
 
     Arguments are tensors that broadcast: ``gram`` = x.x'/N_0, ``self1`` = x.x/N_0, ``self2`` =
     x'.x'/N_0, ``correlation`` = C(t, t'), ``variance1`` = C(t, t), ``variance2`` = C(t', t'),
-    ``propagator`` = e^{-T|t - t'|/sigma^2}. ``depth`` = L hidden layers. Cost: O(L) elementwise
+    ``propagator`` = ``e^{-T|t - t'|/sigma^2}``. ``depth`` = L hidden layers. Cost: O(L) elementwise
     passes over the broadcast shape. No input checks here (see :func:`two_time_kernels`).
 
     ``readout_correlation`` and ``readout_propagator`` (given together, or neither) are the
     correlation and propagator of the readout ``a`` when its times differ from those of the hidden
     weights; they replace ``correlation`` and ``propagator`` in the last step of the recursion only.
     With a readout frozen at t_0, C(t_0, t') and e^{-T(t_0 - t')/sigma^2}, the ``ndk`` field is the
-    drift kernel K_dr of Eq. {eq}`ndk-drift-kernel` and ``output_covariance`` is C(t_0, t') K^L
+    drift kernel K_dr of :eq:`ndk-drift-kernel` and ``output_covariance`` is C(t_0, t') K^L
     (see :func:`drift_kernels`).
     """
     _check_activation(activation)
@@ -174,7 +174,7 @@ def _inputs(x, name, device, dtype):
 
 
 def input_gram(x1, x2):
-    """(x1 x2^T / N_0, |x1|^2 / N_0, |x2|^2 / N_0): the layer-0 kernels of the recursion."""
+    """``(x1 x2^T / N_0, |x1|^2 / N_0, |x2|^2 / N_0)``: the layer-0 kernels of the recursion."""
     dim = x1.shape[1]
     if x2.shape[1] != dim:
         raise ValueError(f"x1 has {dim} features but x2 has {x2.shape[1]}")
@@ -199,7 +199,7 @@ def two_time_kernels(x1, x2, t1, t2, *, activation: str = "relu", depth: int = 1
     """K^L(t, t', x, x'), Kdot^L and the NDK K_d(t, t', x, x') for inputs ``x1`` (n1, N_0), ``x2``
     (n2, N_0) and times ``t1``, ``t2`` that broadcast to a shape S; results have shape S + (n1, n2).
 
-    Chapter 5 Eqs. {eq}`ndk-prior-correlation`, {eq}`ndk-layer-map`, {eq}`ndk-recursion`.
+    Chapter 5 :eq:`ndk-prior-correlation`, :eq:`ndk-layer-map`, :eq:`ndk-recursion`.
     """
     device, dtype = resolve_device(device), resolve_dtype(dtype)
     x1, x2 = _inputs(x1, "x1", device, dtype), _inputs(x2, "x2", device, dtype)
@@ -219,9 +219,9 @@ def drift_kernels(x1, x2, t, s, *, freeze_time: float, activation: str = "relu",
     kept diffusing under the prior: the output f_dr(x, t) = a(t_0).x_L(x; W(t)) / sqrt(N_L) at a time
     ``t`` >= t_0, paired with the ordinary output at an earlier time ``s`` <= t_0.
 
-    The ``ndk`` field is the drift kernel of chapter 5 Eq. {eq}`ndk-drift-kernel`,
+    The ``ndk`` field is the drift kernel of chapter 5 :eq:`ndk-drift-kernel`,
     K_dr(t, t_0, s) = e^{-T(t_0 - s)/sigma^2} K^L(t, s) + C(t_0, s) Kdot^L(t, s) K_d^{L-1}(t, s),
-    the recursion {eq}`ndk-recursion` with the readout's correlation C(t_0, s) and propagator in its
+    the recursion :eq:`ndk-recursion` with the readout's correlation C(t_0, s) and propagator in its
     last step; ``nngp`` and ``derivative`` are K^L(t, s) and Kdot^L(t, s), and ``output_covariance``
     is C(t_0, s) K^L(t, s) = <f_dr(x, t) f(x', s)>_0. At t = t_0 everything equals
     :func:`two_time_kernels` at (t_0, s). ``t`` and ``s`` broadcast to a shape S; results have shape
@@ -256,8 +256,8 @@ def static_kernels(x1, x2, *, weight_variance: float, activation: str = "relu", 
     """The ordinary (NNGP, NTK) kernels of a network whose weights all have variance
     ``weight_variance`` = w, shape (n1, n2).
 
-    NNGP: w K^L with C = w (chapter 5 Eq. {eq}`ndk-nngp-kernel`; w = sigma^2 gives K_GP). NTK: the NDK
-    at t = t' = 0 (Eq. {eq}`ndk-ntk-recursion`; w = sigma_0^2 gives K_NTK).
+    NNGP: w K^L with C = w (chapter 5 :eq:`ndk-nngp-kernel`; w = sigma^2 gives K_GP). NTK: the NDK
+    at t = t' = 0 (:eq:`ndk-ntk-recursion`; w = sigma_0^2 gives K_NTK).
     """
     x1, x2, weight_variance = _static_arguments(x1, x2, weight_variance, activation, depth,
                                                 device, dtype)
@@ -308,7 +308,7 @@ def _static_recursion(gram, self1, self2, w, activation, depth):
 def decorrelated_kernel(x1, x2, *, weight_variance: float, activation: str = "relu",
                         depth: int = 1, device=None, dtype=None) -> torch.Tensor:
     """K^L_mean(x, x') = E[phi(u)] E[phi(v)] with u, v independent, of variances w K^{L-1}_eq:
-    the limit of the two-time NNGP kernel when C(t, t') -> 0 (chapter 5 Eq. {eq}`ndk-drift-limit`).
+    the limit of the two-time NNGP kernel when C(t, t') -> 0 (chapter 5 :eq:`ndk-drift-limit`).
 
     It vanishes for odd activations; for ReLU it is sqrt(q q') / (2 pi) and keeps only input norms.
     """
@@ -349,8 +349,8 @@ def _check_grid(times, device, dtype):
 
 
 def solve_volterra(kernel_train, targets, times, kernel_test=None, *, device=None, dtype=None):
-    """Solve f(t) = int_0^t K_d(t, t') [y - f(t')] dt' (chapter 5 Eq. {eq}`ndk-volterra-train`) and
-    evaluate f(x, t) = int_0^t k_d(t, t', x)^T [y - f(t')] dt' (Eq. {eq}`ndk-volterra-test`).
+    """Solve f(t) = int_0^t K_d(t, t') [y - f(t')] dt' (chapter 5 :eq:`ndk-volterra-train`) and
+    evaluate f(x, t) = int_0^t k_d(t, t', x)^T [y - f(t')] dt' (:eq:`ndk-volterra-test`).
 
     Product trapezoidal rule on the grid ``times`` (t_0 = 0, increasing, any spacing), which is
     second order in the step. The implicit last node is solved exactly:
@@ -413,20 +413,19 @@ def drift_predictor(x, x_train, targets, times, freeze_time: float, t, *, activa
                     depth: int = 1, temperature: float, prior_variance: float, init_variance: float,
                     device=None, dtype=None):
     """Mean output of wide networks trained by Langevin dynamics up to t_0 = ``freeze_time``, after
-    which the readout is frozen and the hidden weights diffuse under the prior (chapter 5 Eq.
-    {eq}`ndk-drift-general`):
+    which the readout is frozen and the hidden weights diffuse under the prior (chapter 5 :eq:`ndk-drift-general`):
 
         f_dr(x, t) = int_0^{t_0} ds K_dr(t, t_0, s, x, X)^T [y - f_train(s)],   t >= t_0,
 
     with the drift kernel of :func:`drift_kernels` and the training residual of the Volterra equation
-    {eq}`ndk-volterra-train`, solved by :func:`solve_volterra` on the nodes of ``times`` up to t_0.
+    :eq:`ndk-volterra-train`, solved by :func:`solve_volterra` on the nodes of ``times`` up to t_0.
     The s-integral uses the trapezoid weights of the same nodes (second order in the step), so at
     t = t_0 the result is the test predictor of :func:`solve_volterra` at t_0.
 
     ``x`` (M, N_0) inputs to evaluate, ``x_train`` (P, N_0), ``targets`` (P,), ``times``: a grid that
     starts at 0, increases, and has t_0 as a node (nodes after t_0 are not used); ``t``: times >= t_0
     (any shape S). Cost: the training NDK on the n_0 nodes up to t_0 (n_0^2 P^2 entries) and
-    K_dr on |S| n_0 M P entries. Returns (f_dr of shape S + (M,), f_train on the nodes up to t_0,
+    K_dr on ``|S| n_0 M P`` entries. Returns (f_dr of shape S + (M,), f_train on the nodes up to t_0,
     shape (n_0, P)).
     """
     device, dtype = resolve_device(device), resolve_dtype(dtype)
@@ -483,8 +482,7 @@ def symmetric_task_kernels(times, rho: float, *, activation: str = "relu", depth
                            device=None, dtype=None):
     """Scalar kernels of the synthetic task (orthonormal inputs, balanced labels, test overlap rho):
     K_diag - K_off for the training equation and k_1(rho) - k_off for the test point, each on the
-    grid (n, n) of time pairs, shaped (n, n, 1, 1) for :func:`solve_volterra` (chapter 5 Eq.
-    {eq}`ndk-scalar`). Returns (train, test, kernels) where ``kernels`` holds the three NDK arrays.
+    grid (n, n) of time pairs, shaped (n, n, 1, 1) for :func:`solve_volterra` (chapter 5 :eq:`ndk-scalar`). Returns (train, test, kernels) where ``kernels`` holds the three NDK arrays.
     """
     device, dtype = resolve_device(device), resolve_dtype(dtype)
     rho = float(rho)
@@ -523,7 +521,7 @@ def synthetic_task(n_train: int, rho: float, *, device=None, dtype=None):
 
 
 def ntk_predictor(kernel_train, kernel_test, targets, times, *, device=None, dtype=None):
-    """The gradient-driven phase (chapter 5 Eq. {eq}`ndk-ntk-solution`):
+    """The gradient-driven phase (chapter 5 :eq:`ndk-ntk-solution`):
     f_train(t) = (I - e^{-K t}) y and f(x, t) = k(x)^T K^{-1} (I - e^{-K t}) y with the NTK K.
 
     ``kernel_train`` (P, P), ``kernel_test`` (M, P), ``times`` (n,). Returns ((n, P), (n, M)).
@@ -545,7 +543,7 @@ def ntk_predictor(kernel_train, kernel_test, targets, times, *, device=None, dty
 
 def nngp_equilibrium(kernel_train, kernel_test, targets, temperature: float, *, device=None,
                      dtype=None):
-    """The long-time limit (chapter 5 Eq. {eq}`ndk-nngp-equilibrium`): k_GP^T (K_GP + T I)^{-1} y on
+    """The long-time limit (chapter 5 :eq:`ndk-nngp-equilibrium`): k_GP^T (K_GP + T I)^{-1} y on
     the test inputs and K_GP (K_GP + T I)^{-1} y on the training inputs. Returns (train, test)."""
     device, dtype = resolve_device(device), resolve_dtype(dtype)
     temperature = check_positive(temperature, "temperature", allow_zero=True)
@@ -643,7 +641,7 @@ def output_gradients(weights, x, activation: str = "relu") -> torch.Tensor:
 def sample_prior_pair(weights, lag: float, *, temperature: float, prior_variance: float,
                       generator=None):
     """Propagate weights by ``lag`` under the prior Ornstein-Uhlenbeck process exactly:
-    e^{-k lag} w + sqrt(sigma^2 (1 - e^{-2 k lag})) xi (chapter 5 Eq. {eq}`ndk-prior-correlation`)."""
+    e^{-k lag} w + sqrt(sigma^2 (1 - e^{-2 k lag})) xi (chapter 5 :eq:`ndk-prior-correlation`)."""
     check_positive(lag, "lag", allow_zero=True)
     k = check_positive(temperature, "temperature", allow_zero=True) / check_positive(
         prior_variance, "prior_variance")
@@ -700,11 +698,11 @@ def simulate_langevin(weights, x_train, y, x_test, *, activation: str = "relu",
                       temperature: float, prior_variance: float, dt: float, n_steps: int,
                       record=1, learning: bool = True, frozen_readout=None,
                       antithetic: bool = True, generator=None) -> LangevinRun:
-    """Langevin dynamics of an ensemble of finite-width networks (chapter 5 Eq. {eq}`ndk-langevin`),
+    """Langevin dynamics of an ensemble of finite-width networks (chapter 5 :eq:`ndk-langevin`),
     one batched operation per step through :func:`learndyn.ensemble.run_ensemble`.
 
     ``frozen_readout`` (R, N_L): when given, outputs are read with this readout instead of the
-    current one (the drift protocol of Eq. {eq}`ndk-drift`, used with ``learning=False``).
+    current one (the drift protocol of :eq:`ndk-drift`, used with ``learning=False``).
     """
     check_positive(temperature, "temperature", allow_zero=True)
     check_positive(prior_variance, "prior_variance")
@@ -924,7 +922,7 @@ def fluctuation_dissipation_sides(x, t_late: float, t_early: float, step: float,
     """Both sides of :eq:`ndk-identity` of :doc:`/book/neural_dynamical_kernel` at the time pair
     (t, t') = (``t_late``, ``t_early``): the NDK K_d(t, t'), and T^{-1} d/dt' [C K^L] by central
     differences with steps ``step`` and ``step / 2``. Returns ``(ndk, fine, coarse)``, each (n, n);
-    the central difference has error ~ c h^2, so |fine - ndk| falls 4x from coarse to fine when the
+    the central difference has error ~ c h^2, so ``|fine - ndk|`` falls 4x from coarse to fine when the
     identity holds.
     """
     device, dtype = resolve_device(device), resolve_dtype(dtype)
