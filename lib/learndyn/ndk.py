@@ -64,7 +64,8 @@ def prior_correlation(t1, t2, *, temperature: float, prior_variance: float, init
                       device=None, dtype=None) -> torch.Tensor:
     """``C(t, t') = sigma^2 e^{-k|t - t'|} + (sigma_0^2 - sigma^2) e^{-k (t + t')}``, ``k = T / sigma^2``.
 
-    The correlation of one weight under the prior Ornstein-Uhlenbeck process, chapter 5 :eq:`ndk-prior-correlation`. ``t1`` and ``t2`` (non-negative times) broadcast against each other.
+    The correlation of one weight under the prior Ornstein-Uhlenbeck process, chapter 5
+    :eq:`ndk-prior-correlation`. ``t1`` and ``t2`` (non-negative times) broadcast against each other.
     """
     temperature, prior_variance, init_variance = _check_variances(temperature, prior_variance,
                                                                   init_variance)
@@ -413,7 +414,8 @@ def drift_predictor(x, x_train, targets, times, freeze_time: float, t, *, activa
                     depth: int = 1, temperature: float, prior_variance: float, init_variance: float,
                     device=None, dtype=None):
     """Mean output of wide networks trained by Langevin dynamics up to t_0 = ``freeze_time``, after
-    which the readout is frozen and the hidden weights diffuse under the prior (chapter 5 :eq:`ndk-drift-general`):
+    which the readout is frozen and the hidden weights diffuse under the prior
+    (chapter 5 :eq:`ndk-drift-general`):
 
         f_dr(x, t) = int_0^{t_0} ds K_dr(t, t_0, s, x, X)^T [y - f_train(s)],   t >= t_0,
 
@@ -482,7 +484,8 @@ def symmetric_task_kernels(times, rho: float, *, activation: str = "relu", depth
                            device=None, dtype=None):
     """Scalar kernels of the synthetic task (orthonormal inputs, balanced labels, test overlap rho):
     K_diag - K_off for the training equation and k_1(rho) - k_off for the test point, each on the
-    grid (n, n) of time pairs, shaped (n, n, 1, 1) for :func:`solve_volterra` (chapter 5 :eq:`ndk-scalar`). Returns (train, test, kernels) where ``kernels`` holds the three NDK arrays.
+    grid (n, n) of time pairs, shaped (n, n, 1, 1) for :func:`solve_volterra` (chapter 5
+    :eq:`ndk-scalar`). Returns (train, test, kernels) where ``kernels`` holds the three NDK arrays.
     """
     device, dtype = resolve_device(device), resolve_dtype(dtype)
     rho = float(rho)
