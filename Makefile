@@ -39,7 +39,7 @@ test: $(INSTALLED) lint unit notebooks sphinx
 lint: $(INSTALLED)
 	$(BIN)/ruff check lib tests bench book
 	$(BIN)/ruff check --select E501 --line-length 88 \
-		--config 'lint.per-file-ignores = {"*.ipynb" = ["E402"]}' book
+		--config 'lint.per-file-ignores = {"*.ipynb" = ["E402"]}' $(NOTEBOOKS)
 
 unit: $(INSTALLED)
 	$(BIN)/python -m pytest tests --ignore=tests/browser

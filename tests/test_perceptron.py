@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -153,3 +154,106 @@ def test_symmetric_step_matches_the_class_based_step(rule):
         symmetric_step(mu, -1.0, 0.05)
     with pytest.raises(ValueError, match="lam"):
         symmetric_step(mu, 0.3, 0.05, torch.tensor([-0.1]))
+
+
+# --- the chapter-3 helpers: wrong theories, finite training sets, halving, alignment ----------
+
+def test_wrong_theories_reduce_to_the_true_ones_without_input_noise():
+    from learndyn.perceptron import frozen_inputs_sl_update, shortcut_rl_update
+
+    mu = torch.tensor([1.0, 0.3, -0.2], dtype=F64)
+    w = torch.tensor([[0.8, -0.5, 1.2], [0.1, 0.0, 2.0]], dtype=F64)
+    tiny = GaussianClasses.make(mu, -0.7 * mu, 1e-14)
+    torch.testing.assert_close(frozen_inputs_sl_update(w, tiny, 0.1), mean_update(w, tiny, 0.1, "sl"),
+                               rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(shortcut_rl_update(w, tiny, 0.1), mean_update(w, tiny, 0.1, "rl"),
+                               rtol=1e-6, atol=1e-8)
+    noisy = anisotropic_classes("cpu")
+    assert (shortcut_rl_update(w, noisy, 0.1) - mean_update(w, noisy, 0.1, "rl")).abs().max() > 1e-3
+    assert (frozen_inputs_sl_update(w, noisy, 0.1) - mean_update(w, noisy, 0.1, "sl")).abs().max() > 1e-3
+
+
+def test_training_set_step_averages_to_the_empirical_mean_update():
+    from learndyn.perceptron import empirical_mean_update, training_set_step
+
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(7, 3, generator=generator, dtype=F64)
+    y = torch.tensor([1.0, -1, 1, 1, -1, -1, 1], dtype=F64)
+    w = torch.tensor([0.4, -0.3, 0.9], dtype=F64)
+    step = training_set_step(x, y, 0.1, 0.2)
+    average = (step(w.expand(7, 3), torch.arange(7)) - w).mean(0) / 0.1
+    torch.testing.assert_close(average, empirical_mean_update(w, x, y, 0.2), rtol=1e-13, atol=1e-15)
+    with pytest.raises(ValueError, match="x has shape"):
+        empirical_mean_update(w, x, y[:3])
+    with pytest.raises(ValueError, match="eta"):
+        training_set_step(x, y, -0.1)
+
+
+def test_trace_decay_matches_the_moment_equations_and_the_printed_prefactor_decays_slower():
+    from learndyn.perceptron import trace_decay
+
+    mu, centre, times = torch.tensor([1.0, 0.0], dtype=F64), torch.tensor([0.3, 0.5], dtype=F64), [0, 1, 2]
+    ratio = trace_decay([0.0, 1.0], times, mu=mu, centre=centre, lam=0.1)
+    for j, noise in enumerate((0.0, 1.0)):
+        var = torch.full((2,), noise**2, dtype=F64)
+        _, covs = integrate_moments(lambda w, var=var: symmetric_mean_update(w, mu, var, 0.1, "sl"),
+                                    centre, torch.eye(2, dtype=F64), times, covariance_in_mean=False,
+                                    substeps=2)
+        torch.testing.assert_close(ratio[:, j], covs.diagonal(dim1=-2, dim2=-1).sum(-1) / 2)
+    printed = trace_decay([0.0], times, mu=mu, centre=centre, lam=0.1, slope_factor=0.5)
+    assert (printed[1:, 0] > ratio[1:, 0]).all() and ratio[-1, 1] < ratio[-1, 0]
+    with pytest.raises(ValueError, match="noises"):
+        trace_decay([-1.0], times, mu=mu, centre=centre, lam=0.1)
+
+
+def test_halved_run_shares_its_random_numbers_and_extrapolation_removes_the_first_order():
+    from learndyn.perceptron import extrapolated, halved_run
+
+    def noisy(eta):
+        return lambda w, noise: w + eta * noise
+
+    run = halved_run(noisy(0.1), noisy(0.05), torch.zeros(4, 2, dtype=F64), 3, noise_shape=(4, 2),
+                     record=[3], generator=torch.Generator().manual_seed(1))
+    draws = torch.randn(3, 2, 4, 2, generator=torch.Generator().manual_seed(1), dtype=F64)
+    torch.testing.assert_close(run.state[0], 0.1 * draws[:, 0].sum(0))  # the first draw of each step
+    torch.testing.assert_close(run.state[1], 0.05 * draws.sum((0, 1)))  # both, in two half steps
+
+    def decay(eta):
+        return lambda w, noise: w - eta * w
+
+    eta, n_steps = 0.05, 20
+    run = halved_run(decay(eta), decay(eta / 2), torch.ones(3, 1, dtype=F64), n_steps,
+                     noise_shape=(3, 1), record=[n_steps], generator=torch.Generator().manual_seed(0))
+    mean, se = extrapolated(run.records["state0"], run.records["state1"], dim=1)
+    exact = math.exp(-eta * n_steps)
+    assert abs(mean.item() - exact) < abs(run.state[0][0].item() - exact) / 20 and se.item() < 1e-14
+    with pytest.raises(ValueError, match="must match"):
+        extrapolated(torch.zeros(3, 2), torch.zeros(3, 1))
+
+
+def test_alignment_standard_error_matches_the_spread_of_repeated_experiments():
+    from learndyn.perceptron import alignment
+
+    generator = torch.Generator().manual_seed(4)
+    direction = torch.tensor([1.0, 0.0], dtype=F64)
+    samples = torch.tensor([0.8, 0.6], dtype=F64) + 0.3 * torch.randn(400, 200, 2, generator=generator,
+                                                                     dtype=F64)
+    result = alignment(samples, direction, dim=1)  # 400 experiments of 200 replicas
+    mean = samples.mean(1)
+    torch.testing.assert_close(result.value, mean[:, 0] / mean.norm(dim=-1))
+    assert result.influence.shape == (400, 200)
+    assert abs(result.value.std() / result.se.mean() - 1) < 0.15
+    with pytest.raises(ValueError, match="weight axis"):
+        alignment(samples, direction, dim=-1)
+
+
+def test_crossing_with_error_on_a_straight_line():
+    from learndyn.perceptron import crossing_with_error
+
+    times = np.linspace(0, 1, 11)
+    values = np.stack([2 * times, times], -1)
+    crossing, error = crossing_with_error(times, values, np.full_like(values, 0.01), 0.5)
+    np.testing.assert_allclose(crossing, [0.25, 0.5])
+    np.testing.assert_allclose(error, [0.005, 0.01])
+    with pytest.raises(ValueError, match="never reach"):
+        crossing_with_error(times, values, np.zeros_like(values), 3.0)

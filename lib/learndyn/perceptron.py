@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
+import numpy as np
 import torch
 from scipy.optimize import brentq
 
 from .backend import as_tensor, check_covariance, check_positive, check_shape
 from .ensemble import run_ensemble
+from .flows import drift_derivatives, rk4
 from .gaussian import (
     ERF_SIGMOID_SCALE,
     erf_sigmoid,
@@ -28,6 +31,7 @@ from .gaussian import (
     normal_pdf,
     owens_t,
 )
+from .stats import first_crossing
 
 SIGMOIDS = {"erf": erf_sigmoid, "logistic": torch.sigmoid}
 
@@ -391,5 +395,203 @@ def symmetric_step(mu, std, eta: float, lam: float = 0.0, rule: str = "sl",
             output = torch.where(normal_cdf(normals[..., -1:]) < p, 1.0, -1.0).to(w.dtype)
             error = output * y * (output - (2.0 * p - 1.0)) * torch.where(output > 0, 1.0 - p, p)
         return w + eta * (error * x - lam * w)
+
+    return step
+
+
+# --- wrong theories, finite training sets and the chapter's measurement helpers (chapter 3) -------
+
+def frozen_inputs_sl_update(w: torch.Tensor, classes: GaussianClasses, lam: float = 0.0) -> torch.Tensor:
+    """The SL mean update with every input frozen at its class mean (``Sigma_+- -> 0``): a wrong theory.
+
+    Implements :eq:`pc-sl-flow` of :doc:`/book/nonlinear_perceptron` with the input noise left out,
+    ``1/2 mu_+ (1 - phi(w . mu_+)) - 1/2 mu_- phi(w . mu_-) - lambda w``, the nearest alternative
+    that ignores how the noise of the inputs shapes the flow.
+    """
+    check_positive(lam, "lam", allow_zero=True)
+    means = torch.stack([classes.mu_plus, classes.mu_minus])
+    p = erf_sigmoid(w @ means.T)
+    return 0.5 * (1 - p[..., :1]) * classes.mu_plus - 0.5 * p[..., 1:] * classes.mu_minus - lam * w
+
+
+def shortcut_rl_update(w: torch.Tensor, classes: GaussianClasses, lam: float = 0.0) -> torch.Tensor:
+    """The RL mean update with ``E[Phi^2] -> E[Phi]^2`` and ``E[Phi phi] -> E[Phi] E[phi]``: a wrong theory.
+
+    Implements :eq:`pc-rl-flow` of :doc:`/book/nonlinear_perceptron` with the mean-field shortcut
+    that drops Owen's T (:eq:`pc-one-dim`); the true update is :func:`rl_mean_update`.
+    """
+    check_positive(lam, "lam", allow_zero=True)
+    w_tilde = ERF_SIGMOID_SCALE * w
+    total = torch.zeros_like(w)
+    for sign, mean, cov in ((1.0, classes.mu_plus, classes.cov_plus),
+                            (-1.0, classes.mu_minus, classes.cov_minus)):
+        a, cov_w = w_tilde @ mean, w_tilde @ cov
+        b2 = (cov_w * w_tilde).sum(-1)
+        p, d = normal_cdf(a / torch.sqrt(1 + b2)), normal_pdf(a / torch.sqrt(1 + b2)) / torch.sqrt(1 + b2)
+        total = total + sign * ((p - p * p)[..., None] * mean + (d - 2 * p * d)[..., None] * cov_w)
+    return total - lam * w
+
+
+def empirical_mean_update(w: torch.Tensor, x: torch.Tensor, y: torch.Tensor, lam: float = 0.0,
+                          sigmoid: str = "erf") -> torch.Tensor:
+    """The SL mean update over a finite training set ``x`` (n, N), ``y`` (n,) of +-1, batched over ``w``.
+
+    Implements :eq:`pc-sl-rule` of :doc:`/book/nonlinear_perceptron` averaged over the training
+    images: ``(1/n) sum_j (y~_j - phi(w . x_j)) x_j - lambda w``, the drift of online SGD that
+    draws one training image per step.
+    """
+    check_positive(lam, "lam", allow_zero=True)
+    if x.dim() != 2 or y.shape != x.shape[:1]:
+        raise ValueError(f"x has shape {tuple(x.shape)} and y {tuple(y.shape)}; expected (n, N) and (n,)")
+    error = 0.5 * (y + 1) - SIGMOIDS[_check_sigmoid(sigmoid)](w @ x.T)
+    return error @ x / x.shape[0] - lam * w
+
+
+def trace_decay(noises, times, *, mu, centre, lam: float, rule: str = "sl", slope_factor: float = 1.0,
+                substeps: int = 2) -> torch.Tensor:
+    """``tr C(t) / tr C(0)`` of the covariance flow from ``C(0) = I`` around ``centre``, for classes
+    ``N(+-mu, sigma^2 I)``, batched over the noise levels ``noises``: shape ``(len(times), len(noises))``.
+
+    Implements :eq:`pc-trace-flow` of :doc:`/book/nonlinear_perceptron` (for ``sigma = 0``) and its
+    generalization ``dC/dt = C J^T + J C`` with the autograd Jacobian of :func:`symmetric_mean_update`
+    along the first-order mean path. ``slope_factor`` scales the Jacobian's data term (the printed
+    Eq. 27 of the chapter's erratum is ``slope_factor = 1/2``); the mean path is unchanged by it.
+    """
+    check_positive(slope_factor, "slope_factor")
+    mu = as_tensor(mu, "mu")
+    centre = as_tensor(centre, "centre", device=mu.device, dtype=mu.dtype)
+    noise = as_tensor(noises, "noises", device=mu.device, dtype=mu.dtype).reshape(-1, 1)
+    if (noise < 0).any():
+        raise ValueError(f"noises must be >= 0, got {noise.flatten().tolist()}")
+    var = noise**2 * torch.ones_like(mu)
+    n = mu.shape[-1]
+    eye = torch.eye(n, device=mu.device, dtype=mu.dtype)
+
+    def drift(w):
+        return symmetric_mean_update(w, mu, var, lam, rule)
+
+    def rhs(_t, y):
+        mean, cov = y[..., :n], y[..., n:].unflatten(-1, (n, n))
+        _, jac, _ = drift_derivatives(drift, mean, second=False)
+        jac = slope_factor * (jac + lam * eye) - lam * eye
+        return torch.cat([drift(mean), (cov @ jac.transpose(-1, -2) + jac @ cov).flatten(-2)], -1)
+
+    start = torch.cat([centre.expand(noise.shape[0], n), eye.flatten().expand(noise.shape[0], n * n)], -1)
+    path = rk4(rhs, start, times, substeps=substeps)
+    return path[..., n:].unflatten(-1, (n, n)).diagonal(dim1=-2, dim2=-1).sum(-1) / n
+
+
+def halved_run(coarse_step, fine_step, state, n_steps: int, *, noise_shape, record, generator,
+               integers: int | None = None, noise_chunk: int = 64):
+    """An ensemble at step ``eta`` and its twin at ``eta / 2`` driven by common random numbers.
+
+    ``coarse_step(w, noise)`` is one step at ``eta``; ``fine_step`` one at ``eta / 2``. Per coarse
+    step two draws of shape ``noise_shape`` (normals, or integers below ``integers``) are made; the
+    coarse ensemble uses the first, the fine one both, in two half steps, so that the two runs share
+    their randomness and the Richardson combination ``2 fine - coarse`` (:func:`extrapolated`)
+    removes the O(eta) terms that the flows of :doc:`/book/nonlinear_perceptron` neglect
+    (:eq:`pc-sl-flow`, :eq:`pc-rl-flow`) with little added noise. ``state`` is ``w0`` or a
+    ``(coarse, fine)`` pair to continue from. Returns the
+    :class:`~learndyn.ensemble.EnsembleResult` (records ``state0`` coarse, ``state1`` fine).
+    """
+    shape = (2, *noise_shape)
+    if isinstance(state, torch.Tensor):
+        state = (state.clone(), state.clone())
+    device, dtype = state[0].device, state[0].dtype
+
+    def draw(k, gen):
+        if integers is not None:
+            return torch.randint(integers, (k, *shape), generator=gen, device=device)
+        return torch.randn(k, *shape, generator=gen, device=device, dtype=dtype)
+
+    def step(pair, noise):
+        coarse, fine = pair
+        return coarse_step(coarse, noise[0]), fine_step(fine_step(fine, noise[0]), noise[1])
+
+    return run_ensemble(step, state, n_steps, record=record, noise=draw, noise_chunk=noise_chunk,
+                        generator=generator)
+
+
+def extrapolated(coarse: torch.Tensor, fine: torch.Tensor, dim: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean over the replica axis ``dim`` of ``2 fine - coarse`` and its standard error.
+
+    The Richardson step of :func:`halved_run`: for an ensemble mean ``m(eta) = m(0) + a eta +
+    O(eta^2)`` the combination estimates the flow of :doc:`/book/nonlinear_perceptron`
+    (:eq:`pc-sl-flow`, :eq:`pc-rl-flow`) to O(eta^2); replica ``r`` of both runs is one sample.
+    """
+    if coarse.shape != fine.shape:
+        raise ValueError(f"coarse {tuple(coarse.shape)} and fine {tuple(fine.shape)} must match")
+    combined = 2 * fine - coarse
+    n = combined.shape[dim]
+    if n < 2:
+        raise ValueError(f"need >= 2 replicas along dim={dim}, got {n}")
+    return combined.mean(dim), combined.std(dim) / math.sqrt(n)
+
+
+class Alignment(NamedTuple):
+    """``value``: alignment of the replica mean with a direction; ``se`` its standard error;
+    ``influence``: each replica's linearized contribution (replica axis last), for the error of
+    any linear combination of alignments of the same replicas."""
+
+    value: torch.Tensor
+    se: torch.Tensor
+    influence: torch.Tensor
+
+
+def alignment(samples: torch.Tensor, direction: torch.Tensor, dim: int = 0) -> Alignment:
+    """The alignment ``u . <w> / |<w>|`` (``u`` the unit ``direction``) of the mean over the replica
+    axis ``dim`` of ``samples`` (..., n), with its delta-method standard error.
+
+    Implements the alignment of :doc:`/book/nonlinear_perceptron` (Fig. 3's learning time and
+    Fig. 6's forgetting, :eq:`pc-sl-iso`).
+    """
+    dim = dim % samples.dim()
+    if dim == samples.dim() - 1:
+        raise ValueError("dim is the weight axis; the last axis must be the weights")
+    n_replicas = samples.shape[dim]
+    if n_replicas < 2:
+        raise ValueError(f"need >= 2 replicas along dim={dim}, got {n_replicas}")
+    unit = direction / direction.norm()
+    mean = samples.mean(dim)
+    norm = mean.norm(dim=-1, keepdim=True)
+    value = (mean @ unit) / norm[..., 0]
+    gradient = (unit - value[..., None] * mean / norm) / norm
+    influence = ((samples - mean.unsqueeze(dim)) * gradient.unsqueeze(dim)).sum(-1).movedim(dim, -1)
+    return Alignment(value, influence.std(-1) / math.sqrt(n_replicas), influence)
+
+
+def crossing_with_error(times, values, se, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """First time each column of ``values`` (``(len(times), ...)``) reaches ``level``, and its error
+    ``se / slope`` (the slope from the two records that bracket the crossing).
+
+    Implements the learning time ``t_80`` of :doc:`/book/nonlinear_perceptron` (Fig. 3, from
+    :eq:`pc-sl-iso` and :eq:`pc-rl-iso`) through :func:`learndyn.stats.first_crossing`.
+    """
+    times = np.asarray(times, dtype=np.float64)
+    values = np.asarray(values.cpu() if hasattr(values, "cpu") else values, dtype=np.float64)
+    se = np.asarray(se.cpu() if hasattr(se, "cpu") else se, dtype=np.float64)
+    crossing = first_crossing(times, values, level)
+    if np.isnan(crossing).any():
+        raise ValueError(f"some columns never reach level={level}")
+    k = np.clip(np.searchsorted(times, crossing), 1, len(times) - 1)
+    columns = np.indices(crossing.shape)
+    slope = ((values[(k, *columns)] - values[(k - 1, *columns)]) / (times[k] - times[k - 1]))
+    bracket = np.maximum(se[(k, *columns)], se[(k - 1, *columns)])
+    return crossing, bracket / np.abs(slope)
+
+
+def training_set_step(x: torch.Tensor, y: torch.Tensor, eta: float, lam: float = 0.0,
+                      sigmoid: str = "erf"):
+    """``step(w, index)`` for :func:`learndyn.ensemble.run_ensemble`: replica ``r`` makes one SL
+    update (:eq:`pc-sl-rule` of :doc:`/book/nonlinear_perceptron`) on the training example
+    ``index[r]`` of ``x`` (n, N), ``y`` (n,) of +-1; its drift is :func:`empirical_mean_update`."""
+    check_positive(eta, "eta")
+    check_positive(lam, "lam", allow_zero=True)
+    sigmoid_function = SIGMOIDS[_check_sigmoid(sigmoid)]
+
+    def step(w, index):
+        xb, yb = x[index], y[index]
+        error = 0.5 * (yb + 1) - sigmoid_function((w * xb).sum(-1))
+        return w + eta * (error[:, None] * xb - lam * w)
 
     return step
