@@ -1,7 +1,9 @@
 """Unit tests of learndyn.ndk: the prior correlation, two-time kernels, NDK, Volterra solver, limits,
 finite-width Langevin ensembles and input validation."""
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -498,3 +500,36 @@ def test_stopping_scan_and_winning_ratios(device):
     rows = {1.0: dict(t_best=5.0, best=0.1, ntk=0.2, gp=0.3, error=1e-3),
             2.0: dict(t_best=39.5, best=0.1, ntk=0.2, gp=0.3, error=1e-3)}
     assert ndk.winning_ratios(rows, 40.0) == [1.0]
+
+
+REFERENCE = Path(__file__).parent / "reference" / "nt_kernels.json"
+
+
+@pytest.mark.parametrize("parameterization", ["standard", "ntk"])
+def test_static_kernels_agree_with_neural_tangents(parameterization):
+    """NNGP and NTK within 1e-13 relative of neural-tangents 0.6.5 (tests/reference/make_nt_kernels.py):
+    ReLU and erf, W_std = 1 and 1.5, depths 1-3, identical rows included."""
+    table = json.loads(REFERENCE.read_text())
+    x1 = torch.tensor(table["x1"], dtype=torch.float64)
+    x2 = torch.tensor(table["x2"], dtype=torch.float64)
+    for case in table["cases"]:
+        w = case["w_std"] ** 2
+        nngp, ntk = ndk.static_kernels(x1, x2, weight_variance=w, activation=case["activation"],
+                                       depth=case["depth"], parameterization=parameterization,
+                                       device="cpu")
+        expected_ntk = torch.tensor(case["ntk"], dtype=torch.float64)
+        if parameterization == "standard":
+            expected_ntk = expected_ntk / w
+        torch.testing.assert_close(nngp, torch.tensor(case["nngp"], dtype=torch.float64),
+                                   rtol=1e-13, atol=0)
+        torch.testing.assert_close(ntk, expected_ntk, rtol=1e-13, atol=0)
+    with pytest.raises(ValueError, match="parameterization"):
+        ndk.static_kernels(x1, x2, weight_variance=1.0, parameterization="mean-field")
+
+
+def test_relu_angle_is_exactly_zero_on_identical_inputs():
+    x = torch.randn(5, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    q = (x * x).sum(1) / 7  # rounded differently from the diagonal of x x^T / 7
+    value, derivative = ndk.gaussian_maps("relu", q[:, None], q[None, :], (x @ x.T) / 7)
+    assert torch.equal(derivative.diagonal(), torch.full((5,), 0.5, dtype=torch.float64))
+    torch.testing.assert_close(value.diagonal(), q / 2, rtol=1e-15, atol=0)

@@ -46,6 +46,8 @@ from .ensemble import every, run_ensemble
 #: The activations of the kernel recursion.
 ACTIVATIONS = ("linear", "relu", "erf")
 _TWO_PI = 2.0 * math.pi
+# q1 q2 - c^2 at or below this fraction of q1 q2 is rounding: the inputs are parallel (theta < 1.2e-7)
+_ANGLE_FLOOR = 64 * torch.finfo(torch.float64).eps
 
 
 def _check_activation(activation: str) -> str:
@@ -92,12 +94,16 @@ def gaussian_maps(activation: str, q1: torch.Tensor, q2: torch.Tensor, c: torch.
     if activation == "linear":
         return c, torch.ones_like(c)
     if activation == "relu":
-        norm = torch.sqrt(q1 * q2)
-        cosine = (c / norm.clamp_min(torch.finfo(c.dtype).tiny)).clamp_(-1.0, 1.0)
-        angle_left = math.pi - torch.arccos(cosine)   # pi - theta
-        sine = torch.sqrt((1.0 - cosine * cosine).clamp_min_(0.0))
-        value = norm * (sine + angle_left * cosine) / _TWO_PI
-        return value, angle_left / _TWO_PI
+        # theta from atan2(sqrt(q1 q2 - c^2), c), with q1 q2 - c^2 below its rounding error read
+        # as 0: identical inputs get theta = 0 exactly, where arccos(c / sqrt(q1 q2)) of a cosine
+        # one ulp below 1 gives theta ~ 2e-8 and a relative NTK error of that size
+        product = q1 * q2
+        gap = product - c * c
+        gap = torch.where(gap > _ANGLE_FLOOR * product, gap, torch.zeros_like(gap))
+        sine_part = gap.sqrt()  # sqrt(q1 q2) sin(theta)
+        theta = torch.where(product > 0, torch.atan2(sine_part, c), torch.full_like(c, math.pi / 2))
+        angle_left = math.pi - theta
+        return (sine_part + angle_left * c) / _TWO_PI, angle_left / _TWO_PI
     det = (1.0 + 2.0 * q1) * (1.0 + 2.0 * q2)
     value = (2.0 / math.pi) * torch.arcsin((2.0 * c / torch.sqrt(det)).clamp(-1.0, 1.0))
     return value, (4.0 / math.pi) / torch.sqrt((det - 4.0 * c * c).clamp_min(0.0))
@@ -252,18 +258,32 @@ def drift_kernels(x1, x2, t, s, *, freeze_time: float, activation: str = "relu",
                              readout_propagator=readout_propagator)
 
 
+#: The parameterizations of :func:`static_kernels`' NTK.
+PARAMETERIZATIONS = ("standard", "ntk")
+
+
 def static_kernels(x1, x2, *, weight_variance: float, activation: str = "relu", depth: int = 1,
-                   device=None, dtype=None) -> tuple[torch.Tensor, torch.Tensor]:
+                   parameterization: str = "standard", device=None,
+                   dtype=None) -> tuple[torch.Tensor, torch.Tensor]:
     """The ordinary (NNGP, NTK) kernels of a network whose weights all have variance
     ``weight_variance`` = w, shape (n1, n2).
 
     NNGP: w K^L with C = w (chapter 5 :eq:`ndk-nngp-kernel`; w = sigma^2 gives K_GP). NTK: the NDK
-    at t = t' = 0 (:eq:`ndk-ntk-recursion`; w = sigma_0^2 gives K_NTK).
+    at t = t' = 0 (:eq:`ndk-ntk-recursion`; w = sigma_0^2 gives K_NTK). The NTK is the gradient
+    kernel with respect to the weights themselves, of variance w / fan-in
+    (``parameterization="standard"``, the weights of chapter 5's Langevin dynamics); with
+    ``parameterization="ntk"`` it is taken with respect to standard-normal weights scaled by
+    ``sqrt(w / fan-in)``, the convention of neural-tangents, which is w times larger. The NNGP is
+    the same in both. Agrees with neural-tangents' ``Dense(W_std=sqrt(w), b_std=0)`` networks to
+    1e-13 (``tests/reference/nt_kernels.json``).
     """
+    if parameterization not in PARAMETERIZATIONS:
+        raise ValueError(f"parameterization={parameterization!r}: use one of {PARAMETERIZATIONS}")
     x1, x2, weight_variance = _static_arguments(x1, x2, weight_variance, activation, depth,
                                                 device, dtype)
     gram, self1, self2 = input_gram(x1, x2)
-    return _static_recursion(gram, self1, self2, weight_variance, activation, depth)
+    nngp, ntk = _static_recursion(gram, self1, self2, weight_variance, activation, depth)
+    return nngp, ntk.mul_(weight_variance) if parameterization == "ntk" else ntk
 
 def _static_arguments(x1, x2, weight_variance, activation, depth, device, dtype):
     """The validated inputs and weight variance shared by the static-kernel functions."""
@@ -285,13 +305,14 @@ def _static_recursion(gram, self1, self2, w, activation, depth):
         if activation == "linear":
             value, derivative = c, None
         elif activation == "relu":
-            norm1, norm2 = q1.sqrt(), q2.sqrt()
-            tiny = torch.finfo(gram.dtype).tiny
-            cosine = c.div_(norm1.clamp_min(tiny)[:, None]).div_(norm2.clamp_min(tiny)[None, :])
-            cosine.clamp_(-1.0, 1.0)
-            derivative = torch.arccos(cosine).neg_().add_(math.pi)  # pi - theta
-            value = torch.mul(cosine, cosine).neg_().add_(1.0).sqrt_()  # |cosine| <= 1
-            value.addcmul_(derivative, cosine).mul_(norm1[:, None]).mul_(norm2[None, :] / _TWO_PI)
+            # as in gaussian_maps: theta = atan2(sqrt(q1 q2 - c^2), c), exact on the diagonal
+            product = torch.outer(q1, q2)
+            value = torch.addcmul(product, c, c, value=-1.0)
+            value.masked_fill_(value <= product.mul_(_ANGLE_FLOOR), 0.0).sqrt_()
+            derivative = torch.atan2(value, c).neg_().add_(math.pi)  # pi - theta
+            if not (bool((q1 > 0).all()) and bool((q2 > 0).all())):
+                derivative[(q1 <= 0)[:, None] | (q2 <= 0)[None, :]] = math.pi / 2
+            value.addcmul_(derivative, c).div_(_TWO_PI)
             derivative.div_(_TWO_PI)
         else:
             scale1, scale2 = (1.0 + 2.0 * q1).rsqrt(), (1.0 + 2.0 * q2).rsqrt()
@@ -1083,7 +1104,8 @@ def winning_ratios(scan: dict[float, dict[str, float]], t_last: float) -> list[f
             if v["t_best"] < t_last - 1 and min(v["ntk"], v["gp"]) - v["best"] > 10 * v["error"]]
 
 
-__all__ = ["ACTIVATIONS", "Kernels", "LangevinRun", "activation_functions", "decorrelated_kernel",
+__all__ = ["ACTIVATIONS", "PARAMETERIZATIONS", "Kernels", "LangevinRun", "activation_functions",
+           "decorrelated_kernel",
            "drift_kernels", "drift_predictor", "gaussian_maps", "init_networks", "input_gram",
            "kernels_from_gram", "langevin_step", "loss_gradients", "network_forward",
            "nngp_equilibrium", "ntk_predictor", "output_gradients", "prior_correlation",
