@@ -149,3 +149,9 @@ def _summary(tensor: torch.Tensor) -> str:
     flat = tensor.detach().flatten()
     shown = ", ".join(f"{v:.4g}" for v in flat[:6].tolist())
     return f"tensor of shape {tuple(tensor.shape)} [{shown}{', ...' if flat.numel() > 6 else ''}]"
+
+
+__all__ = [
+    "resolve_device", "resolve_dtype", "seed_from_environment", "make_generator", "stream_seed",
+    "as_tensor", "check_positive", "check_count", "check_shape", "check_covariance"
+]

@@ -131,3 +131,8 @@ def train_test_split(x: torch.Tensor, y: torch.Tensor, test_fraction: float = 0.
     n_test = max(1, int(round(test_fraction * x.shape[0])))
     test, train = order[:n_test], order[n_test:]
     return x[train], y[train], x[test], y[test]
+
+
+__all__ = [
+    "read_idx", "write_idx", "load_idx_dataset", "load_digits", "train_test_split"
+]

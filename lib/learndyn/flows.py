@@ -395,3 +395,10 @@ def control_variate(samples: torch.Tensor, carried: torch.Tensor, cloud: Carried
     mean_terms = samples - carried + cloud.mean()[:, None]
     cov_terms = d[..., :, None] * d[..., None, :] - e[..., :, None] * e[..., None, :] + cloud.cov()[:, None]
     return mean_terms, cov_terms
+
+
+__all__ = [
+    "rk4", "solve_stiff", "drift_derivatives", "moment_derivatives", "integrate_moments",
+    "CarriedCloud", "carry_gaussian", "directional_derivatives", "closure_remainder",
+    "linear_transport", "StepDoubling", "step_doubling", "control_variate"
+]

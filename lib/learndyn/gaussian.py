@@ -229,3 +229,10 @@ def expected_cdf_squared_times_input(v: torch.Tensor, mean: torch.Tensor,
     b2 = (cov_v * v).sum(-1)
     return (expected_cdf_squared(a, b2)[..., None] * mean
             + 2.0 * expected_cdf_pdf(a, b2)[..., None] * cov_v)
+
+
+__all__ = [
+    "normal_cdf", "normal_pdf", "erf_sigmoid", "expected_cdf", "expected_pdf",
+    "expected_cdf_times_input", "owens_t", "expected_cdf_squared", "expected_cdf_pdf",
+    "expected_cdf_squared_times_input"
+]

@@ -103,7 +103,8 @@ class GaussianClasses:
 def sl_mean_update(w: torch.Tensor, classes: GaussianClasses, lam: float = 0.0) -> torch.Tensor:
     """The SL mean update <f>(w) of Eq. (3.15) for the erf sigmoid, batched over ``w`` (..., n):
 
-    <f> = 1/2 (mu_+ - E_+[Phi(w~ . x) x]) - 1/2 E_-[Phi(w~ . x) x] - lambda w,   w~ = sqrt(pi/8) w.
+    ``<f> = 1/2 (mu_+ - E_+[Phi(w~ . x) x]) - 1/2 E_-[Phi(w~ . x) x] - lambda w``,
+    ``w~ = sqrt(pi/8) w``.
     """
     w_tilde = ERF_SIGMOID_SCALE * w
     plus = expected_cdf_times_input(w_tilde, classes.mu_plus, classes.cov_plus)
@@ -185,9 +186,9 @@ def _sigmoid_variance_times_input(v, mean, cov):
 def rl_mean_update(w: torch.Tensor, classes: GaussianClasses, lam: float = 0.0) -> torch.Tensor:
     """The RL (REINFORCE) mean update <f>(w) of Eq. (3.20) for the erf sigmoid, batched over ``w``:
 
-    <f> = E_+[phi(w.x) phi(-w.x) x] - E_-[phi(w.x) phi(-w.x) x] - lambda w,
+    ``<f> = E_+[phi(w.x) phi(-w.x) x] - E_-[phi(w.x) phi(-w.x) x] - lambda w``,
 
-    with phi(w.x) phi(-w.x) = Phi(w~.x) - Phi(w~.x)^2 and w~ = sqrt(pi/8) w; the Phi^2 terms bring
+    with ``phi(w.x) phi(-w.x) = Phi(w~.x) - Phi(w~.x)^2`` and ``w~ = sqrt(pi/8) w``; the Phi^2 terms bring
     in Owen's T function (3.21).
     """
     w_tilde = ERF_SIGMOID_SCALE * w
@@ -215,9 +216,9 @@ def symmetric_mean_update(w: torch.Tensor, mu: torch.Tensor, var: torch.Tensor, 
     ``lam`` may be a tensor that broadcasts too. With a = mu . w~, b^2 = w~^T Sigma w~,
     s = sqrt(1 + b^2):
 
-    SL: <f> = mu (1 - Phi(a/s)) - Sigma w~ phi(a/s)/s - lambda w,
-    RL: <f> = 4 mu T(a/s, 1/sqrt(1 + 2 b^2)) - 2 Sigma w~ phi(a/s)/s erf(a / (s sqrt(2 + 4 b^2)))
-              - lambda w.
+    - SL: ``<f> = mu (1 - Phi(a/s)) - Sigma w~ phi(a/s)/s - lambda w``,
+    - RL: ``<f> = 4 mu T(a/s, 1/sqrt(1 + 2 b^2)) - 2 Sigma w~ phi(a/s)/s erf(a / (s sqrt(2 + 4 b^2)))
+      - lambda w``.
     """
     _check_lam(lam)
     w_tilde = ERF_SIGMOID_SCALE * w
@@ -259,7 +260,7 @@ def isotropic_flow(m: torch.Tensor, q: torch.Tensor, sigma, mu2=1.0, lam: float 
 
 
 def fixed_point_norm(sigma: float, lam: float, rule: str = "sl", *, upper: float = 1e3) -> float:
-    """|<w*>| at the fixed point for classes ``N(+-mu, sigma^2 I)``, ``|mu| = 1`` (Eqs. 3.41-3.43).
+    """``|<w*>|`` at the fixed point for classes ``N(+-mu, sigma^2 I)``, ``|mu| = 1`` (Eqs. 3.41-3.43).
 
     The fixed point is aligned with ``mu`` (appendix of chapter 3), so ``m = r``, ``q = r^2`` and
     ``dm/dt = 0`` is one equation in ``r``, solved by Brent's method on ``(0, upper)``. For SL it
@@ -342,9 +343,10 @@ def simulate(classes: GaussianClasses, w0, eta: float, n_steps: int, *, lam: flo
              rule: str = "sl", sigmoid: str = "erf", record=1, observe=None, generator=None,
              noise_chunk: int = 64, check_every: int = 16):
     """An ensemble of online learners, ``w0`` (R, n) one replica per row, advanced ``n_steps``
-    times by rule (3.12) or (3.13), one batched update per step (:func:`run_ensemble`). Time in the
-    flow equations is ``t = eta * step``; divergence is checked every ``check_every`` steps and at
-    every record. Returns the :class:`~learndyn.ensemble.EnsembleResult`."""
+    times by rule (3.12) or (3.13), one batched update per step
+    (:func:`~learndyn.ensemble.run_ensemble`). Time in the flow equations is ``t = eta * step``;
+    divergence is checked every ``check_every`` steps and at every record.
+    Returns the :class:`~learndyn.ensemble.EnsembleResult`."""
     w0 = as_tensor(w0, "w0", device=classes.mu_plus.device, dtype=classes.mu_plus.dtype)
     check_shape(w0, (None, classes.dim), "w0")
     if w0.dim() != 2:
@@ -362,7 +364,7 @@ def simulate(classes: GaussianClasses, w0, eta: float, n_steps: int, *, lam: flo
 
 def gaussian_accuracy(w: torch.Tensor, classes: GaussianClasses) -> torch.Tensor:
     """Probability that ``sign(w . x)`` equals the label for the two Gaussian classes (the
-    theoretical test accuracy of Fig. 3.5): 1/2 Phi(w.mu_+ / |w|_+) + 1/2 Phi(-w.mu_- / |w|_-)."""
+    theoretical test accuracy of Fig. 3.5): ``1/2 Phi(w.mu_+ / |w|_+) + 1/2 Phi(-w.mu_- / |w|_-)``."""
     plus = normal_cdf((w @ classes.mu_plus) / torch.sqrt(((w @ classes.cov_plus) * w).sum(-1)))
     minus = normal_cdf(-(w @ classes.mu_minus) / torch.sqrt(((w @ classes.cov_minus) * w).sum(-1)))
     return 0.5 * (plus + minus)
@@ -595,3 +597,12 @@ def training_set_step(x: torch.Tensor, y: torch.Tensor, eta: float, lam: float =
         return w + eta * (error[:, None] * xb - lam * w)
 
     return step
+
+
+__all__ = [
+    "GaussianClasses", "sl_mean_update", "sl_step", "sl_update", "sl_noise_covariance",
+    "rl_mean_update", "mean_update", "symmetric_mean_update", "isotropic_flow", "fixed_point_norm",
+    "rl_step", "learning_step", "simulate", "gaussian_accuracy", "symmetric_step",
+    "frozen_inputs_sl_update", "shortcut_rl_update", "empirical_mean_update", "trace_decay",
+    "halved_run", "extrapolated", "Alignment", "alignment", "crossing_with_error", "training_set_step"
+]

@@ -53,3 +53,8 @@ def new_figure(ncols: int = 1, nrows: int = 1, width: float = 6.4, height: float
 
 def _np(value):
     return value.detach().cpu().numpy() if hasattr(value, "detach") else value
+
+
+__all__ = [
+    "use_book_style", "theory_line", "simulation_points", "new_figure"
+]

@@ -55,3 +55,8 @@ if __name__ == "__main__":
     source, target = (sys.argv[1:] + ["book", "student"][len(sys.argv) - 1:])[:2]
     for name, removed in write_student_copies(source, target).items():
         print(f"{target}/{name}: {removed} solution(s) removed")
+
+
+__all__ = [
+    "strip_solutions_from_text", "strip_solutions", "write_student_copies"
+]
