@@ -237,7 +237,7 @@ def symmetric_mean_update(w: torch.Tensor, mu: torch.Tensor, var: torch.Tensor, 
 
 def isotropic_flow(m: torch.Tensor, q: torch.Tensor, sigma, mu2=1.0, lam: float = 0.0,
                    rule: str = "sl") -> tuple[torch.Tensor, torch.Tensor]:
-    """The closed flow of ``m = mu . <w>`` and ``q = |<w>|^2`` for classes ``N(+-mu, sigma^2 I)``:
+    """The closed flow of ``m = mu·<w>`` and ``q = |<w>|^2`` for classes ``N(+-mu, sigma^2 I)``:
     Eqs. (3.18)-(3.19) (SL) and (3.22)-(3.23) (RL), with the regularization terms ``-lambda m`` and
     ``-2 lambda q`` added. Returns ``(dm/dt, dq/dt)``; everything broadcasts.
     """
@@ -363,7 +363,7 @@ def simulate(classes: GaussianClasses, w0, eta: float, n_steps: int, *, lam: flo
 
 
 def gaussian_accuracy(w: torch.Tensor, classes: GaussianClasses) -> torch.Tensor:
-    """Probability that ``sign(w . x)`` equals the label for the two Gaussian classes (the
+    """Probability that ``sign(w·x)`` equals the label for the two Gaussian classes (the
     theoretical test accuracy of Fig. 3.5): ``1/2 Phi(w.mu_+ / |w|_+) + 1/2 Phi(-w.mu_- / |w|_-)``."""
     plus = normal_cdf((w @ classes.mu_plus) / torch.sqrt(((w @ classes.cov_plus) * w).sum(-1)))
     minus = normal_cdf(-(w @ classes.mu_minus) / torch.sqrt(((w @ classes.cov_minus) * w).sum(-1)))
@@ -541,7 +541,7 @@ class Alignment(NamedTuple):
 
 
 def alignment(samples: torch.Tensor, direction: torch.Tensor, dim: int = 0) -> Alignment:
-    """The alignment ``u . <w> / |<w>|`` (``u`` the unit ``direction``) of the mean over the replica
+    """The alignment ``u·<w> / |<w>|`` (``u`` the unit ``direction``) of the mean over the replica
     axis ``dim`` of ``samples`` (..., n), with its delta-method standard error.
 
     Implements the alignment of :doc:`/book/nonlinear_perceptron` (Fig. 3's learning time and
