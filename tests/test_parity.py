@@ -12,6 +12,7 @@ import contextlib
 import math
 
 import torch
+from test_device_path import meta_default_device
 
 from learndyn import gaussian, ndk, perceptron
 from learndyn.backend import make_generator
@@ -24,18 +25,9 @@ OTHER = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 F64 = torch.float64
 
 
-@contextlib.contextmanager
 def on_other():
     """Run the second computation with nothing but explicit devices to rely on."""
-    if OTHER.type == "cuda":
-        yield
-        return
-    previous = torch.get_default_device()
-    torch.set_default_device("meta")
-    try:
-        yield
-    finally:
-        torch.set_default_device(previous)
+    return contextlib.nullcontext() if OTHER.type == "cuda" else meta_default_device()
 
 
 def draw(*shape, seed=0):
