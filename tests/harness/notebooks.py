@@ -3,7 +3,8 @@
 
 A failing cell raises nbclient's ``CellExecutionError``, which carries the exception's class name
 (``ename``) and message (``evalue``). A :class:`learndyn.checks.CheckFailed` message starts with the
-name of the check, up to the first ``": "``; that prefix is what the runners count failures by.
+name of the check, followed by ``": "`` and one of :data:`CHECK_VERDICTS` (a plain assertion: up to
+the first ``": "``); that name is what the runners count failures by.
 """
 
 from __future__ import annotations
@@ -44,6 +45,11 @@ class Outcome:
         return asdict(self)
 
 
+#: How the messages of ``learndyn.checks.CheckFailed`` go on after the check's name.
+CHECK_VERDICTS = ("the theory misses", "the wrong theories", "computed and reference differ",
+                  "observed order")
+
+
 def check_name(ename: str, evalue: str) -> str:
     """The name of the check an exception reports: for ``CheckFailed`` and ``AssertionError`` the start
     of the message up to ``": "`` (the whole first line when there is none), for anything else the
@@ -51,8 +57,11 @@ def check_name(ename: str, evalue: str) -> str:
     if ename not in ASSERTIONS:
         return ename
     first_line = (evalue or "").strip().splitlines()[0] if (evalue or "").strip() else ""
-    name = first_line.split(": ", 1)[0].strip()
-    return name or ename
+    # a check's own name may hold ": "; learndyn.checks ends it with one of these phrases
+    ends = [first_line.find(f": {phrase}") for phrase in CHECK_VERDICTS]
+    ends = [end for end in ends if end > 0]
+    name = first_line[:min(ends)] if ends else first_line.split(": ", 1)[0]
+    return name.strip() or ename
 
 
 def _failing_cell(notebook) -> int | None:
