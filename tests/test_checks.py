@@ -74,3 +74,15 @@ def test_stream_seeds_are_distinct_and_deterministic():
     assert stream_seed(3, 4) == stream_seed(3, 4)
     with pytest.raises(ValueError, match="stream"):
         stream_seed(1, -1)
+
+
+def test_results_print_short_and_display_nothing_more():
+    claims = Claims("ch", comparisons=3)
+    verdict = claims.compare("line", np.ones(3), 0.1, np.ones(3), wrong={"doubled": 2 * np.ones(3)})
+    assert repr(verdict) == "Verdict('line': |gap|/tol 0.00, doubled 2.79)"
+    order = claims.order("closure", 4e-3, 1e-3, expected=2, wrong=[1])
+    assert repr(order) == "OrderVerdict('closure': order 2.00, expected 2)"
+    summary = claims.summary()
+    assert summary.startswith("ch: 2 checks passed")
+    for shown in (verdict, order, summary):
+        assert shown._ipython_display_() is None

@@ -36,8 +36,8 @@ from scipy.special import ndtri
 OUTPUT_WIDTH = 88
 """Printed lines are wrapped to this width, the width of the book's code column."""
 
-__all__ = ["FALSE_ALARM_PER_NOTEBOOK", "OUTPUT_WIDTH", "CheckFailed", "Claims", "Verdict", "OrderVerdict",
-           "z_threshold"]
+__all__ = ["FALSE_ALARM_PER_NOTEBOOK", "OUTPUT_WIDTH", "CheckFailed", "Claims", "OrderVerdict", "Summary",
+           "Verdict", "z_threshold"]
 
 FALSE_ALARM_PER_NOTEBOOK = 1e-3
 """The largest chance that a correct chapter fails by bad luck, for any ``LEARNDYN_SEED``."""
@@ -80,7 +80,7 @@ def _nonnegative(value, name: str) -> np.ndarray:
     return array
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Verdict:
     """What :meth:`Claims.compare` measured, kept for the figure that shows it.
 
@@ -98,13 +98,20 @@ class Verdict:
     allowances: dict[str, float]
     z: float
 
+    def __repr__(self) -> str:
+        wrong = "".join(f", {k} {v:.2f}" for k, v in self.wrong_ratios.items())
+        return f"Verdict({self.name!r}: |gap|/tol {self.ratio:.2f}{wrong})"
+
+    def _ipython_display_(self) -> None:
+        """A cell that ends in a check has printed its line already: display nothing more."""
+
     @property
     def margin(self) -> np.ndarray:
         """``(measured - theory) / tolerance`` elementwise: a passing check's figure stays in [-1, 1]."""
         return (self.measured - self.theory) / self.tolerance
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class OrderVerdict:
     """What :meth:`Claims.order` measured: the observed order ``log(coarse/fine) / log(refinement)``."""
 
@@ -112,6 +119,19 @@ class OrderVerdict:
     observed: float
     expected: float
     wrong: tuple[float, ...]
+
+    def __repr__(self) -> str:
+        return f"OrderVerdict({self.name!r}: order {self.observed:.2f}, expected {self.expected:g})"
+
+    def _ipython_display_(self) -> None:
+        """A cell that ends in a check has printed its line already: display nothing more."""
+
+
+class Summary(str):
+    """The line :meth:`Claims.summary` printed; a notebook does not display it a second time."""
+
+    def _ipython_display_(self) -> None:
+        """Displayed as nothing: the line is printed already."""
 
 
 @dataclass
@@ -239,4 +259,4 @@ class Claims:
         line = (f"{self.chapter}: {self.passed} checks passed; {self.used} of {self.comparisons} "
                 f"declared comparisons at z = {self.z:.2f} (false-alarm budget {self.false_alarm:g})")
         _say(line)
-        return line
+        return Summary(line)
