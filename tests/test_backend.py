@@ -93,3 +93,21 @@ def test_check_covariance():
         backend.check_covariance(torch.zeros(2, 3), "cov")
     semi = torch.tensor([[1.0, 1.0], [1.0, 1.0]], dtype=torch.float64)
     backend.check_covariance(semi, "cov", strict=False)
+
+
+def test_check_nonnegative_reads_a_tensor_once_and_again_after_a_change():
+    from test_device_path import host_reads
+
+    from learndyn.backend import check_nonnegative
+
+    lam = torch.tensor([0.1, 0.2], dtype=torch.float64)
+    with host_reads() as count:
+        for _ in range(5):
+            assert check_nonnegative(lam, "lam") is lam
+    assert count[0] == 1
+    lam[0] = -1.0
+    with pytest.raises(ValueError, match="lam must be finite and >= 0"):
+        check_nonnegative(lam, "lam")
+    with pytest.raises(ValueError, match="sigma must be finite"):
+        check_nonnegative([0.5, float("inf")], "sigma")
+    assert check_nonnegative(0.5, "sigma", dtype=torch.float32).dtype == torch.float32

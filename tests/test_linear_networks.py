@@ -411,3 +411,78 @@ def test_linearised_two_layer_twin_shares_samples_and_stays_close(one_thread):
     # a linear model keeps Q's first-order cancellation only approximately: Q moves at O(eta)
     q_linear = ln.q_matrix(*runs[1].state) - ln.q_matrix(w1, w2)
     assert q_linear.abs().max() > 0
+
+
+# ---------------------------------------------------------------------------- issue 13 additions
+
+
+def test_sme_order_has_the_reversed_denominator_and_trend(device):
+    """Online, the SME fixed point has the denominator 2 + eta (1 - 1/B) lambda (Eq. ln-sme)."""
+    lam = torch.tensor([0.3, 1.0, 2.0], dtype=DTYPE)
+    hessian, noise, eta, batch = torch.diag(lam), 0.5, 0.1, 2
+    fourth = ln.online_fourth_moment(hessian)
+    sme = torch.diagonal(ln.stationary_covariance(hessian, noise * hessian, eta, batch, order="sme",
+                                                  fourth_moment=fourth, device=device)).cpu()
+    c = -eta * (1 - 1 / batch)
+    g = (lam / (2 - c * lam)).sum()
+    tau = (eta / batch) * noise * g / (1 - (eta / batch) * g)
+    np.testing.assert_allclose(sme.numpy(), ((eta / batch) * (tau + noise) / (2 - c * lam)).numpy(),
+                               rtol=1e-12)
+    discrete = torch.diagonal(ln.stationary_covariance(hessian, noise * hessian, eta, batch,
+                                                       order="discrete", fourth_moment=fourth))
+    assert bool((sme.diff() < 0).all()) and bool((discrete.diff() > 0).all())
+    # B = 1: the modified drift exactly cancels the H S H part of the noise
+    sme1 = ln.stationary_covariance(hessian, noise * hessian, eta, 1, order="sme", fourth_moment=fourth)
+    assert torch.diagonal(sme1).std() < 1e-14
+
+
+def test_noise_balancing_drift_against_one_sgd_step():
+    """E dQ of one exact minibatch step at a realizable minimum, by Monte Carlo (Eq. ln-q-drift)."""
+    g = make_generator(31)
+    teacher = torch.randn(2, 3, generator=g, dtype=DTYPE)
+    w1, w2, _, _, _ = ln.balanced_minimum(teacher)
+    # move along the manifold of minima, away from the balanced point
+    a = torch.tensor([[1.3, 0.2], [0.0, 0.8]], dtype=DTYPE)
+    w1, w2 = a @ w1, w2 @ torch.linalg.inv(a)
+    eta, noise, batch, draws = 0.1, 0.5, 2, 200_000
+    x = torch.randn(draws, batch, 3, generator=g, dtype=DTYPE)
+    residual = -math.sqrt(noise) * torch.randn(draws, batch, 2, generator=g, dtype=DTYPE)
+    grad1 = w2.T @ residual.transpose(1, 2) @ x / batch
+    grad2 = residual.transpose(1, 2) @ (x @ w1.T) / batch
+    dq = ln.q_matrix(w1 - eta * grad1, w2 - eta * grad2) - ln.q_matrix(w1, w2)
+    mean, error = dq.mean(0), dq.std(0) / math.sqrt(draws)
+    expected = ln.noise_balancing_drift(w1, w2, noise, eta, batch)
+    assert ((mean - expected).abs() < 5 * error + 1e-15).all()
+    assert expected.abs().max() > 20 * error.max()
+    with pytest.raises(ValueError, match="w1"):
+        ln.noise_balancing_drift(w1, w2[:, :1], noise, eta)
+
+
+def test_balanced_q_flow_starts_at_the_drift_and_ends_noise_balanced():
+    s = torch.tensor([1.5, 0.5], dtype=DTYPE)
+    n, k = 4, 2
+    q = ln.balanced_q_flow(s, n, k, [0.0, 1e-4, 50.0])
+    assert q[0].abs().max() == 0
+    np.testing.assert_allclose((q[1] / 1e-4).numpy(), ((n - k) * s).numpy(), rtol=1e-3)
+    # the noise-balanced point N beta^2 = K alpha^2 with alpha beta = s
+    np.testing.assert_allclose(q[2].numpy(), (s * (math.sqrt(n / k) - math.sqrt(k / n))).numpy(),
+                               rtol=1e-8)
+    assert ln.balanced_q_flow(s, 3, 3, [2.0]).abs().max() < 1e-12  # K = N: Q stays zero
+    with pytest.raises(ValueError, match="slow_times"):
+        ln.balanced_q_flow(s, n, k, [1.0, 0.5])
+    with pytest.raises(ValueError, match="singular_values"):
+        ln.balanced_q_flow([1.0, -1.0], n, k, [1.0])
+
+
+def test_jackknife_bias_and_error():
+    samples = 1.0 + torch.randn(10_000, 2, generator=make_generator(32), dtype=DTYPE)
+    value, error, bias = ln.jackknife_bias_and_error(samples, lambda m: m, n_groups=25)
+    np.testing.assert_allclose(value.numpy(), samples.mean(0).numpy(), rtol=1e-14)
+    assert bias.abs().max() < 1e-12  # a linear statistic has no bias
+    assert ((error - samples.std(0) / 100).abs() < 0.3 * samples.std(0) / 100).all()
+    # the square of the mean is biased by var / R; the jackknife sees it
+    _, _, bias_sq = ln.jackknife_bias_and_error(samples, lambda m: m**2, n_groups=25)
+    ratio = bias_sq / (samples.var(0) / 10_000)  # a 25-group estimate: about 30 % scatter
+    assert ((ratio > 0.3) & (ratio < 2.0)).all()
+    with pytest.raises(ValueError, match="n_groups"):
+        ln.jackknife_bias_and_error(samples, lambda m: m, n_groups=7)

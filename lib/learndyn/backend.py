@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import weakref
 from collections.abc import Sequence
 
 import numpy as np
@@ -39,6 +40,21 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"device={str(device)!r}: learndyn runs on 'cpu' or 'cuda'")
     return device
+
+
+def placement(device, dtype, *values) -> tuple[torch.device, torch.dtype]:
+    """The device and dtype a kernel computes on, from its ``device=`` and ``dtype=`` arguments.
+
+    Without ``device``, the kernel follows its inputs, as torch's own operations do: the device of
+    the first tensor among ``values`` (or inside a tuple or list among them), else
+    :func:`resolve_device`'s default. ``dtype`` is :func:`resolve_dtype` of the argument (float64
+    unless asked).
+    """
+    if device is None:
+        flat = [item for value in values
+                for item in (value if isinstance(value, (tuple, list)) else (value,))]
+        device = next((item.device for item in flat if isinstance(item, torch.Tensor)), None)
+    return resolve_device(device), resolve_dtype(dtype)
 
 
 def resolve_dtype(dtype: str | torch.dtype | None = None) -> torch.dtype:
@@ -91,7 +107,13 @@ def stream_seed(seed: int, stream: int) -> int:
 
 
 def as_tensor(value, name: str, *, device=None, dtype=None, allow_nan: bool = False) -> torch.Tensor:
-    """``value`` as a floating tensor on ``device``; NaN is rejected with an error naming ``name``."""
+    """``value`` as a floating tensor on ``device``; NaN is rejected with an error naming ``name``.
+
+    Without ``device``, a tensor stays on its own device (as torch's own operations keep theirs);
+    anything else goes to :func:`resolve_device`'s default. ``dtype`` defaults to float64 either way.
+    """
+    if device is None and isinstance(value, torch.Tensor):
+        device = value.device
     device, dtype = resolve_device(device), resolve_dtype(dtype)
     try:
         tensor = torch.as_tensor(value, device=device, dtype=dtype)
@@ -112,6 +134,34 @@ def check_positive(value: float, name: str, *, allow_zero: bool = False) -> floa
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name}={value!r} must be finite and {bound}")
     return number
+
+
+_VALIDATED: dict[int, tuple[weakref.ref, int]] = {}
+
+
+def check_nonnegative(value, name: str, *, device=None, dtype=None) -> torch.Tensor:
+    """``value`` as a tensor of finite, non-negative numbers on ``device``, else ``ValueError``.
+
+    A kernel that runs once per step may call this on every step: a tensor is read back to the host
+    (a device synchronization) only the first time it is seen, and again only after it was modified
+    in place; later calls with the same, unchanged tensor read nothing.
+    """
+    if not isinstance(value, torch.Tensor):  # checked on the host, before it moves to the device
+        host = as_tensor(value, name, device="cpu", dtype=torch.float64)
+        _check_nonnegative_values(host, name)
+        return host.to(device=resolve_device(device), dtype=resolve_dtype(dtype))
+    seen = _VALIDATED.get(id(value))
+    if seen is None or seen[0]() is not value or seen[1] != value._version:
+        _check_nonnegative_values(value, name)
+        key = id(value)
+        _VALIDATED[key] = (weakref.ref(value, lambda _ref: _VALIDATED.pop(key, None)), value._version)
+    return value.to(device=value.device if device is None else resolve_device(device),
+                    dtype=value.dtype if dtype is None else resolve_dtype(dtype))
+
+
+def _check_nonnegative_values(tensor: torch.Tensor, name: str) -> None:
+    if not bool(((tensor >= 0) & torch.isfinite(tensor)).all()):
+        raise ValueError(f"{name} must be finite and >= 0, got {_summary(tensor)}")
 
 
 def check_count(value: int, name: str, *, minimum: int = 1) -> int:
@@ -152,6 +202,6 @@ def _summary(tensor: torch.Tensor) -> str:
 
 
 __all__ = [
-    "resolve_device", "resolve_dtype", "seed_from_environment", "make_generator", "stream_seed",
-    "as_tensor", "check_positive", "check_count", "check_shape", "check_covariance"
+    "placement", "resolve_device", "resolve_dtype", "seed_from_environment", "make_generator", "stream_seed",
+    "as_tensor", "check_positive", "check_nonnegative", "check_count", "check_shape", "check_covariance"
 ]

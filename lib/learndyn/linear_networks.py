@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.integrate
 import scipy.linalg
 import torch
 
@@ -28,14 +29,13 @@ from .backend import (
     check_positive,
     check_shape,
     make_generator,
-    resolve_device,
-    resolve_dtype,
+    placement,
 )
 from .ensemble import replica_mean_and_error, run_ensemble
 
-#: The orders of ``stationary_covariance``: the Lyapunov continuum, its next order in eta, the exact
-#: discrete fixed point.
-ORDERS = ("continuum", "next_order", "discrete")
+#: The orders of ``stationary_covariance``: the Lyapunov continuum, its next order in eta, the
+#: stochastic modified equation, the exact discrete fixed point (= second-order Kramers-Moyal).
+ORDERS = ("continuum", "next_order", "sme", "discrete")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -51,7 +51,7 @@ def online_noise_covariance(weights, teacher, input_covariance, label_noise_vari
     inputs ``x ~ N(0, Sigma)``, labels ``y = w*^T x + sigma eps``). ``weights`` may carry leading
     batch axes ``(..., N)``; returns ``(..., N, N)``.
     """
-    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    device, dtype = placement(device, dtype, weights, teacher, input_covariance, label_noise_variance)
     sigma = check_covariance(as_tensor(input_covariance, "input_covariance", device=device,
                                        dtype=dtype), "input_covariance")
     n = sigma.shape[-1]
@@ -83,7 +83,7 @@ def empirical_noise_covariance(weights, inputs, labels, *, batch_size: int = 1,
     and ``c = (P - B)/(P - 1)`` without replacement (``c = 1`` with), so that the minibatch gradient
     has covariance ``D / B``. ``weights`` ``(..., N)``, ``inputs`` ``(P, N)``, ``labels`` ``(P,)``.
     """
-    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    device, dtype = placement(device, dtype, weights, inputs, labels)
     x, y = _data(inputs, labels, device, dtype)
     w = check_shape(as_tensor(weights, "weights", device=device, dtype=dtype), (x.shape[1],),
                     "weights")
@@ -97,7 +97,7 @@ def empirical_noise_covariance(weights, inputs, labels, *, batch_size: int = 1,
 
 def least_squares_minimum(inputs, labels, *, device=None, dtype=None):
     """The minimum ``w_LS`` of the empirical loss and residuals ``r = y - X w_LS`` (needs P > N)."""
-    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    device, dtype = placement(device, dtype, inputs, labels)
     x, y = _data(inputs, labels, device, dtype)
     if x.shape[0] <= x.shape[1]:
         raise ValueError(f"inputs has shape {tuple(x.shape)}: the minimum is unique only for P > N")
@@ -119,7 +119,7 @@ def solve_lyapunov(hessian, noise, eta: float = 1.0, batch_size: int = 1, *, met
     ``scipy.linalg.solve_continuous_lyapunov`` matrix by matrix (a cross-check, CPU, slow).
     ``noise`` must be symmetric positive semi-definite.
     """
-    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    device, dtype = placement(device, dtype, hessian, noise, eta, batch_size)
     h = check_covariance(as_tensor(hessian, "hessian", device=device, dtype=dtype), "hessian")
     d = as_tensor(noise, "noise", device=device, dtype=dtype)
     check_shape(d, tuple(h.shape[-2:]), "noise")
@@ -150,7 +150,7 @@ def gaussian_feature_fourth_moment(jacobians, *, device=None, dtype=None) -> tor
     acting as ``M(S)_ij = sum_pq M[i, j, p, q] S_pq``. A linear model ``w^T x`` with
     ``x = L z`` has ``J_n = L[:, n]^T`` and ``M(S) = 2 H S H + tr(H S) H`` (Eq. ln-online-noise).
     """
-    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    device, dtype = placement(device, dtype, jacobians)
     j = as_tensor(jacobians, "jacobians", device=device, dtype=dtype)
     if j.dim() != 3:
         raise ValueError(f"jacobians has shape {tuple(j.shape)}, expected (n_inputs, n_outputs, d)")
@@ -162,7 +162,7 @@ def gaussian_feature_fourth_moment(jacobians, *, device=None, dtype=None) -> tor
 
 def online_fourth_moment(input_covariance, *, device=None, dtype=None) -> torch.Tensor:
     """``M(S) = E[x x^T S x x^T] = 2 Sigma S Sigma + tr(Sigma S) Sigma`` (Eq. ln-isserlis)."""
-    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    device, dtype = placement(device, dtype, input_covariance)
     sigma = check_covariance(as_tensor(input_covariance, "input_covariance", device=device,
                                        dtype=dtype), "input_covariance")
     root = torch.linalg.cholesky(sigma)
@@ -174,7 +174,7 @@ def empirical_fourth_moment(inputs, *, device=None, dtype=None) -> torch.Tensor:
 
     Eq. (ln-finite-exact).
     """
-    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    device, dtype = placement(device, dtype, inputs)
     x = as_tensor(inputs, "inputs", device=device, dtype=dtype)
     if x.dim() != 2:
         raise ValueError(f"inputs has shape {tuple(x.shape)}, expected (P, N)")
@@ -193,13 +193,18 @@ def stationary_covariance(hessian, noise, eta: float, batch_size: int = 1, *,
 
     * ``order="continuum"``: ``H S + S H = (eta/B) D`` (Eq. ln-lyapunov);
     * ``order="next_order"``: ``H S + S H = (eta/B) [c (M(S) - H S H) + D]`` (Eq. ln-next-order);
+    * ``order="sme"``: the same with the modified drift ``-(H + eta H^2 / 2) v`` of the stochastic
+      modified equation, ``H S + S H + (eta/2)(H^2 S + S H^2) = (eta/B) [c (M(S) - H S H) + D]``
+      (Eq. ln-sme);
     * ``order="discrete"``: ``H S + S H - eta H S H = (eta/B) [c (M(S) - H S H) + D]``, the exact
-      fixed point of the second-moment recursion of SGD (Eq. ln-discrete).
+      fixed point of the second-moment recursion of SGD (Eq. ln-discrete), which is also the
+      stationary point of the second-order Kramers-Moyal equation with ``beta = E[f f^T]``
+      (Eq. ln-kramers-moyal).
 
     ``H`` may be singular (positive semi-definite): the equations are solved on its range, and the
     null-space block, which these equations leave undetermined, is returned as zero.
     """
-    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    device, dtype = placement(device, dtype, hessian, noise, eta, batch_size)
     if order not in ORDERS:
         raise ValueError(f"order={order!r}: use one of {ORDERS}")
     h = check_covariance(as_tensor(hessian, "hessian", device=device, dtype=dtype), "hessian",
@@ -233,6 +238,10 @@ def stationary_covariance(hessian, noise, eta: float, batch_size: int = 1, *,
     lin = torch.einsum("ac,bd->abcd", h_r, eye) + torch.einsum("ac,bd->abcd", eye, h_r)
     if order == "discrete":
         lin = lin - eta * hh
+    if order == "sme":
+        h_sq = h_r @ h_r
+        lin = lin + 0.5 * eta * (torch.einsum("ac,bd->abcd", h_sq, eye)
+                                 + torch.einsum("ac,bd->abcd", eye, h_sq))
     operator = lin - scale * factor * (m_r - hh)
     s_r = torch.linalg.solve(operator.reshape(r * r, r * r), scale * d_r.reshape(r * r))
     s_r = s_r.reshape(r, r)
@@ -246,7 +255,7 @@ def probability_current_matrix(hessian, noise, covariance, eta: float = 1.0,
 
     Eq. (ln-current): ``Omega = 0`` (detailed balance) exactly when ``[H, D] = 0``.
     """
-    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    device, dtype = placement(device, dtype, hessian, noise, covariance, eta, batch_size)
     h = check_covariance(as_tensor(hessian, "hessian", device=device, dtype=dtype), "hessian")
     d = check_covariance(as_tensor(noise, "noise", device=device, dtype=dtype), "noise",
                          strict=False)
@@ -262,7 +271,7 @@ def probability_current(points, hessian, noise, covariance, eta: float = 1.0,
 
     ``p`` is the centred Gaussian with covariance ``covariance`` (Eq. ln-current).
     """
-    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    device, dtype = placement(device, dtype, points, hessian, noise, covariance, eta, batch_size)
     omega = probability_current_matrix(hessian, noise, covariance, eta, batch_size, device=device,
                                        dtype=dtype)
     s = as_tensor(covariance, "covariance", device=device, dtype=dtype)
@@ -357,7 +366,7 @@ def online_single_layer_sgd(input_covariance, label_noise_variance: float, eta: 
     The teacher drops out of the dynamics of ``v = w - w*``: replicas start at ``v = 0``, run
     ``burn_in`` steps, then accumulate the moments of ``v`` over ``n_steps`` steps.
     """
-    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    device, dtype = placement(device, dtype, input_covariance)
     sigma = check_covariance(as_tensor(input_covariance, "input_covariance", device=device,
                                        dtype=dtype), "input_covariance")
     noise_std = math.sqrt(check_positive(label_noise_variance, "label_noise_variance",
@@ -391,7 +400,7 @@ def finite_data_single_layer_sgd(inputs, labels, eta: float, batch_size: int, n_
 
     Minibatches are drawn independently at each step, with or without replacement within a batch.
     """
-    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    device, dtype = placement(device, dtype, inputs, labels)
     x, y = _data(inputs, labels, device, dtype)
     w_min, residuals = least_squares_minimum(x, y, device=device, dtype=dtype)
     eta = check_positive(eta, "eta")
@@ -433,7 +442,7 @@ def two_layer_sgd(w1, w2, teacher, label_noise_variance: float, eta: float, batc
     ``J_x`` of :eq:`ln-two-layer-hessian`); with the same ``generator`` seed both runs see the same
     samples, so their difference measures the nonlinearity with common random numbers.
     """
-    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    device, dtype = placement(device, dtype, w1, w2, teacher)
     w1 = as_tensor(w1, "w1", device=device, dtype=dtype)
     w2 = as_tensor(w2, "w2", device=device, dtype=dtype)
     teacher = as_tensor(teacher, "teacher", device=device, dtype=dtype)
@@ -486,7 +495,7 @@ def balanced_minimum(teacher, input_covariance=None, *, device=None, dtype=None)
     ``teacher Sigma^{1/2} = U diag(s) V^T`` (hidden width ``M = min(K, N)``, rotation ``R = I``).
     Returns ``(w1, w2, s, U, V)``.
     """
-    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    device, dtype = placement(device, dtype, teacher, input_covariance)
     w_star = as_tensor(teacher, "teacher", device=device, dtype=dtype)
     if w_star.dim() != 2:
         raise ValueError(f"teacher has shape {tuple(w_star.shape)}, expected (K, N)")
@@ -506,7 +515,7 @@ def two_layer_jacobians(w1, w2, input_covariance=None, *, device=None, dtype=Non
     ``J_z v = (dW2 W1 + W2 dW1) L z = sum_n z_n J_n v``; the Hessian of the online loss at a
     realizable minimum is ``H = sum_n J_n^T J_n`` (Eq. ln-two-layer-hessian).
     """
-    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    device, dtype = placement(device, dtype, w1, w2, input_covariance)
     w1 = as_tensor(w1, "w1", device=device, dtype=dtype)
     w2 = as_tensor(w2, "w2", device=device, dtype=dtype)
     if w1.dim() != 2 or w2.dim() != 2 or w2.shape[1] != w1.shape[0]:
@@ -559,7 +568,7 @@ def second_layer_mode_variances(singular_values, label_noise_variance: float, et
     Eq. (ln-mode-variance): ``Var_ia = (eta sigma^2/2B) s_a / (s_i + s_a)`` and ``kappa_ia = s_a``.
     Returns two ``(K, M)`` tensors (here ``K = M``).
     """
-    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    device, dtype = placement(device, dtype, singular_values, label_noise_variance, eta, batch_size)
     s = as_tensor(singular_values, "singular_values", device=device, dtype=dtype)
     if s.dim() != 1 or not bool((s > 0).all()):
         raise ValueError(f"singular_values must be a vector of positive numbers, got {s.tolist()}")
@@ -575,6 +584,56 @@ def q_matrix(w1, w2) -> torch.Tensor:
     return w1 @ w1.transpose(-1, -2) - w2.transpose(-1, -2) @ w2
 
 
+def noise_balancing_drift(w1, w2, label_noise_variance: float, eta: float, batch_size: int = 1, *,
+                          device=None, dtype=None) -> torch.Tensor:
+    """Mean change of ``Q`` in one SGD step at a realizable minimum, Eq. (ln-q-drift).
+
+    ``E dQ = (eta^2 sigma^2 / B) (N W2^T W2 - K W1 W1^T)`` for online data with ``Sigma = I``,
+    where ``W1`` is ``(M, N)`` and ``W2`` is ``(K, M)``; batched over leading axes.
+    """
+    device, dtype = placement(device, dtype, w1, w2, label_noise_variance, eta, batch_size)
+    a1 = as_tensor(w1, "w1", device=device, dtype=dtype)
+    a2 = as_tensor(w2, "w2", device=device, dtype=dtype)
+    if a1.dim() < 2 or a2.dim() < 2 or a2.shape[-1] != a1.shape[-2]:
+        raise ValueError(f"w1 {tuple(a1.shape)} and w2 {tuple(a2.shape)} must be (..., M, N) and "
+                         "(..., K, M)")
+    scale = check_positive(eta, "eta") ** 2
+    scale *= check_positive(label_noise_variance, "label_noise_variance", allow_zero=True)
+    scale /= check_count(batch_size, "batch_size")
+    n, k = a1.shape[-1], a2.shape[-2]
+    return scale * (n * a2.transpose(-1, -2) @ a2 - k * a1 @ a1.transpose(-1, -2))
+
+
+def balanced_q_flow(singular_values, n_inputs: int, n_outputs: int, slow_times, *, device=None,
+                    dtype=None) -> torch.Tensor:
+    """``q_a(tau)`` on the manifold of minima, started at the zero-balanced point, Eq. (ln-q-flow).
+
+    Along the minima ``W2 = U diag(beta) R^T``, ``W1 = R diag(alpha) V^T`` with ``alpha beta = s``,
+    the drift :func:`noise_balancing_drift` keeps ``Q = diag(q)``, ``q = alpha^2 - beta^2``, and
+    ``dq_a / dtau = N beta_a^2 - K alpha_a^2`` in the slow time ``tau = eta^2 sigma^2 k / B``.
+    Integrated by ``scipy.integrate.solve_ivp`` (``rtol=1e-11``); returns ``(len(slow_times), M)``.
+    Its fixed point is the noise-balanced ``N beta^2 = K alpha^2``.
+    """
+    device, dtype = placement(device, dtype, singular_values, n_inputs, n_outputs, slow_times)
+    s = as_tensor(singular_values, "singular_values", device=device, dtype=dtype)
+    if s.dim() != 1 or not bool((s > 0).all()):
+        raise ValueError(f"singular_values must be a vector of positive numbers, got {s.tolist()}")
+    n, k = check_count(n_inputs, "n_inputs"), check_count(n_outputs, "n_outputs")
+    times = np.atleast_1d(np.asarray(slow_times, dtype=np.float64))
+    if times.ndim != 1 or np.any(times < 0) or np.any(np.diff(times) < 0):
+        raise ValueError(f"slow_times={times.tolist()} must be non-negative and increasing")
+    s2 = 4 * s.cpu().numpy() ** 2
+
+    def rate(_, q):
+        root = np.sqrt(q**2 + s2)
+        return n * (root - q) / 2 - k * (root + q) / 2
+
+    end = float(times[-1]) if times[-1] > 0 else 1.0
+    solution = scipy.integrate.solve_ivp(rate, (0.0, end), np.zeros(len(s2)), t_eval=times,
+                                         rtol=1e-11, atol=1e-13)
+    return torch.as_tensor(solution.y.T, device=device, dtype=dtype)
+
+
 # --------------------------------------------------------------------------------------------------
 # Feng and Tu's measurements
 # --------------------------------------------------------------------------------------------------
@@ -585,7 +644,7 @@ def pca_variances(covariance, *, device=None, dtype=None):
 
     The PCA step of Feng and Tu's measurement (Eq. ln-flatness).
     """
-    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    device, dtype = placement(device, dtype, covariance)
     c = check_covariance(as_tensor(covariance, "covariance", device=device, dtype=dtype),
                          "covariance", strict=False)
     lam, vec = torch.linalg.eigh(c)
@@ -602,7 +661,7 @@ def loss_profile_width(loss: Callable, center, directions, threshold: float, *,
     ``[0, max_width]`` (all directions at once) and ``F = delta_+ + delta_-`` (Eq. ln-flatness).
     A quadratic profile of curvature ``h`` gives ``F = 2 sqrt(2 threshold / h)``.
     """
-    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    device, dtype = placement(device, dtype, loss, center, directions, threshold)
     c = as_tensor(center, "center", device=device, dtype=dtype)
     p = as_tensor(directions, "directions", device=device, dtype=dtype)
     check_shape(p, (c.shape[-1], None), "directions")
@@ -649,7 +708,7 @@ def random_data_sets(n_sets: int, n_inputs: int, n_samples: int, label_noise_var
     Implements the data of :eq:`ln-finite-noise` of :doc:`/book/linear_network_fluctuations`
     (a teacher ``w* ~ N(0, I)`` per set). Returns inputs ``(n_sets, P, N)``, labels ``(n_sets, P)``.
     """
-    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    device, dtype = placement(device, dtype, n_sets, n_inputs, n_samples, label_noise_variance)
     sets, n, p = (check_count(n_sets, "n_sets"), check_count(n_inputs, "n_inputs"),
                   check_count(n_samples, "n_samples"))
     noise = math.sqrt(check_positive(label_noise_variance, "label_noise_variance", allow_zero=True))
@@ -666,7 +725,7 @@ def hessian_and_noise(inputs, labels, *, device=None, dtype=None):
     Implements :eq:`ln-finite-noise` of :doc:`/book/linear_network_fluctuations`, batched over
     data sets: ``inputs`` ``(..., P, N)``, ``labels`` ``(..., P)`` with ``P > N``.
     """
-    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    device, dtype = placement(device, dtype, inputs, labels)
     x = as_tensor(inputs, "inputs", device=device, dtype=dtype)
     y = as_tensor(labels, "labels", device=device, dtype=dtype)
     if x.dim() < 2 or y.shape != x.shape[:-1] or x.shape[-2] <= x.shape[-1]:
@@ -684,7 +743,7 @@ def leverage_noise_covariance(inputs, label_noise_variance: float, *, device=Non
 
     Implements :eq:`ln-leverage` of :doc:`/book/linear_network_fluctuations`; ``inputs`` ``(P, N)``.
     """
-    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    device, dtype = placement(device, dtype, inputs, label_noise_variance)
     x = as_tensor(inputs, "inputs", device=device, dtype=dtype)
     if x.dim() != 2 or x.shape[0] <= x.shape[1]:
         raise ValueError(f"inputs has shape {tuple(x.shape)}, expected (P, N) with P > N")
@@ -764,6 +823,27 @@ def richardson(values, errors):
     return extrapolated, (4 * e1**2 + e2**2).sqrt(), (extrapolated - coarser).abs() / 3
 
 
+def jackknife_bias_and_error(samples, statistic: Callable, n_groups: int = 25):
+    """Jackknife estimate of ``statistic(mean over replicas)``: its value, standard error and bias.
+
+    Implements the error bars of the axis statistics :eq:`ln-principal-axes` of
+    :doc:`/book/linear_network_fluctuations`, which are nonlinear in the covariance. ``statistic``
+    maps a batch of means ``(b, ...)`` to ``(b, ...)`` values; returns three tensors of that shape:
+    the value at the full mean, the standard error from ``n_groups`` leave-one-group-out means,
+    and the bias estimate ``(n_groups - 1) (mean of the leave-outs - value)``.
+    """
+    x = torch.as_tensor(samples)
+    groups = check_count(n_groups, "n_groups", minimum=2)
+    if x.shape[0] % groups:
+        raise ValueError(f"samples has {x.shape[0]} replicas, not a multiple of n_groups={groups}")
+    sums = x.reshape(groups, -1, *x.shape[1:]).sum(1)
+    leave_out = (sums.sum(0, keepdim=True) - sums) / (x.shape[0] - x.shape[0] // groups)
+    jack = statistic(leave_out)
+    value = statistic(x.mean(0, keepdim=True))[0]
+    error = ((groups - 1) / groups * ((jack - jack.mean(0)) ** 2).sum(0)).sqrt()
+    return value, error, (groups - 1) * (jack.mean(0) - value)
+
+
 def jackknife_error(samples, statistic: Callable, n_groups: int = 25) -> float:
     """Jackknife standard error of ``statistic(mean over replicas)`` from ``n_groups`` groups.
 
@@ -828,13 +908,14 @@ def _input_covariance(input_covariance, n, device, dtype):
 
 
 __all__ = [
-    "ORDERS", "StationaryMoments", "balanced_minimum", "empirical_fourth_moment",
+    "ORDERS", "balanced_minimum", "balanced_q_flow", "empirical_fourth_moment",
     "empirical_noise_covariance", "finite_data_single_layer_sgd", "flatness_exponent",
     "fluctuation_axis_statistics", "gaussian_feature_fourth_moment", "gibbs_guess",
-    "hessian_and_noise", "jackknife_error", "least_squares_minimum", "leverage_noise_covariance",
-    "loss_profile_width", "null_space_msd", "online_fourth_moment", "online_noise_covariance",
-    "online_single_layer_sgd", "pca_variances", "probability_current", "probability_current_matrix",
-    "q_matrix", "random_data_sets", "range_projector", "richardson", "sampling_factor",
-    "second_layer_mode_variances", "second_layer_modes", "solve_lyapunov", "spectral_statistics",
-    "stationary_covariance", "two_layer_jacobians", "two_layer_range_covariance", "two_layer_sgd",
+    "hessian_and_noise", "jackknife_bias_and_error", "jackknife_error", "least_squares_minimum",
+    "leverage_noise_covariance", "loss_profile_width", "noise_balancing_drift", "null_space_msd",
+    "online_fourth_moment", "online_noise_covariance", "online_single_layer_sgd", "pca_variances",
+    "probability_current", "probability_current_matrix", "q_matrix", "random_data_sets",
+    "range_projector", "richardson", "sampling_factor", "second_layer_mode_variances",
+    "second_layer_modes", "solve_lyapunov", "spectral_statistics", "stationary_covariance",
+    "StationaryMoments", "two_layer_jacobians", "two_layer_range_covariance", "two_layer_sgd",
 ]
