@@ -23,9 +23,12 @@ from learndyn.singular_limit import (
     regularizer,
     regularizer_gradient,
     richardson,
+    run_anticorrelated_gd,
     run_noisy_gd,
+    run_on_slow_clock,
     sample_noise,
     tangent_projection,
+    unit_share,
 )
 
 
@@ -237,3 +240,60 @@ def test_observe_balance_records_balances_and_unit_products(device):
     observed = observe_balance(network)(w)
     torch.testing.assert_close(observed["q"], balance(w, network))
     torch.testing.assert_close(observed["p"], w[:, :2] * w[:, 2:])
+
+
+def test_unit_share_sums_to_one_and_ignores_a_common_scale(device):
+    network = DiagonalNetwork.make([[0.5, 1.0], [1.0, 2.0]], [0.5, 1.0], device=device)
+    p = torch.tensor([[0.2, 0.4], [1.0, 0.0]], dtype=torch.float64, device=device)
+    share = unit_share(p, network)
+    torch.testing.assert_close(share.sum(-1), torch.ones(2, dtype=share.dtype, device=device))
+    torch.testing.assert_close(share[:, 0], p[:, 0] / (p[:, 0] + 2 * p[:, 1]))
+    torch.testing.assert_close(unit_share(0.9 * p, network), share)
+    with pytest.raises(ValueError, match="p has shape"):
+        unit_share(torch.ones(3), network)
+
+
+def test_run_on_slow_clock_records_at_the_slow_times(device):
+    network = DiagonalNetwork.product(1.0, device=device)
+    w0 = product_on_manifold(2.0, device=device)
+    run = run_on_slow_clock("weight", network, w0, 0.05, [0.0, 0.01, 0.02], sigma=0.2, replicas=3,
+                            generator=make_generator(8, device=device))
+    np.testing.assert_array_equal(run.steps, [0, 5, 10])  # t = alpha sigma^2 k, alpha sigma^2 = 0.002
+    direct = run_noisy_gd("weight", network, w0.expand(3, 2).clone(), 0.05, 10, sigma=0.2,
+                          record=[0, 5, 10], observe=observe_balance(network),
+                          generator=make_generator(8, device=device))
+    torch.testing.assert_close(run.records["q"], direct.records["q"], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="times"):
+        run_on_slow_clock("weight", network, w0, 0.05, [0.02, 0.01], sigma=0.2, replicas=3)
+    with pytest.raises(ValueError, match="w0"):
+        run_on_slow_clock("weight", network, w0.expand(3, 2), 0.05, [0.0, 0.01], sigma=0.2, replicas=3)
+    with pytest.raises(ValueError, match="replicas"):
+        run_on_slow_clock("weight", network, w0, 0.05, [0.0, 0.01], sigma=0.2, replicas=0)
+
+
+def test_anticorrelated_gd_is_weight_perturbation_of_theta_minus_xi(device):
+    """theta_k - xi_k follows z <- z - alpha grad L(z + xi_k) from z_0 = w0, with the run's own xi."""
+    network = _network(device)
+    w0, alpha, sigma, steps = _points(network, 4), 0.1, 0.3, 3
+    run = run_anticorrelated_gd(network, w0, alpha, steps, sigma=sigma, record=1,
+                                generator=make_generator(6, device=device))
+    generator = make_generator(6, device=device)
+    xi = [sigma * torch.randn(w0.shape, generator=generator, dtype=w0.dtype, device=device)]
+    xi += list(sigma * torch.randn((steps, *w0.shape), generator=generator, dtype=w0.dtype,
+                                   device=device))
+    z = w0
+    torch.testing.assert_close(run.records["w"][0], z + xi[0])
+    for k in range(steps):
+        z = z - alpha * noisy_gradient("weight", z, xi[k], network)
+        torch.testing.assert_close(run.records["w"][k + 1], z + xi[k + 1], rtol=1e-12, atol=1e-12)
+
+
+def test_anticorrelated_gd_rejects_bad_input():
+    network = DiagonalNetwork.product()
+    w = product_on_manifold(1.0).expand(2, 2)
+    with pytest.raises(ValueError, match="sigma"):
+        run_anticorrelated_gd(network, w, 0.1, 10, sigma=0.0)
+    with pytest.raises(ValueError, match="alpha"):
+        run_anticorrelated_gd(network, w, -0.1, 10, sigma=0.1)
+    with pytest.raises(ValueError, match="w0"):
+        run_anticorrelated_gd(network, w[0], 0.1, 10, sigma=0.1)

@@ -208,7 +208,10 @@ def regularizer_gradient(kind: str, w, network: DiagonalNetwork) -> torch.Tensor
     """``grad_w Reg`` of :func:`regularizer`, shape ``(..., 2d)``: the gradient of
     :eq:`sl-reg-table` of :doc:`/book/singular_limit`."""
     _check_kind(kind)
-    w = network.check_parameters(w)
+    return _regularizer_gradient(kind, network.check_parameters(w), network)
+
+
+def _regularizer_gradient(kind: str, w: torch.Tensor, network: DiagonalNetwork) -> torch.Tensor:
     u, v = network.split(w)
     c = network.input_power() / network.n_samples
     if kind in DEGENERATE_KINDS:
@@ -224,11 +227,22 @@ def tangent_projection(w, network: DiagonalNetwork) -> torch.Tensor:
     """``P_T = I - J^T (J J^T)^+ J``, the projection onto the tangent space of the level set of the
     outputs through ``w`` (on ``Gamma`` this is ``T_w Gamma``), shape ``(..., 2d, 2d)``: the
     projection of :eq:`sl-flow-nondegenerate` of :doc:`/book/singular_limit`."""
-    w = network.check_parameters(w)
+    return _tangent_projection(network.check_parameters(w), network)
+
+
+def _tangent_projection(w: torch.Tensor, network: DiagonalNetwork) -> torch.Tensor:
+    # J^T (J J^T + delta I)^-1 J has the eigenvalues s^2 / (s^2 + delta) on J's row space (zero off
+    # it), so with delta at rounding level it is the pseudo-inverse's projection without the
+    # eigendecomposition (and the host synchronization) that pinv needs; a Cholesky solve is enough.
     jacobian = network.output_jacobian(w)
-    gram_inverse = torch.linalg.pinv(jacobian @ jacobian.transpose(-1, -2), hermitian=True)
+    gram = jacobian @ jacobian.transpose(-1, -2)
+    scale = gram.diagonal(dim1=-2, dim2=-1).sum(-1)[..., None, None]
+    eye_n = torch.eye(gram.shape[-1], dtype=w.dtype, device=w.device)
+    delta = gram.shape[-1] * torch.finfo(w.dtype).eps * scale + torch.finfo(w.dtype).tiny
+    factor, _info = torch.linalg.cholesky_ex(gram + delta * eye_n)
+    solved = torch.cholesky_solve(jacobian, factor)
     eye = torch.eye(w.shape[-1], dtype=w.dtype, device=w.device)
-    return eye - jacobian.transpose(-1, -2) @ gram_inverse @ jacobian
+    return eye - jacobian.transpose(-1, -2) @ solved
 
 
 def limiting_drift(kind: str, w, network: DiagonalNetwork) -> torch.Tensor:
@@ -244,14 +258,17 @@ def limiting_drift(kind: str, w, network: DiagonalNetwork) -> torch.Tensor:
     if kind == "isotropic":
         raise ValueError("kind='isotropic' has no deterministic limiting flow: its limit is an "
                          "SDE on the zero-loss set")
-    w = network.check_parameters(w)
+    return _limiting_drift(kind, network.check_parameters(w), network)
+
+
+def _limiting_drift(kind: str, w: torch.Tensor, network: DiagonalNetwork) -> torch.Tensor:
     if kind == "minibatch":
         return torch.zeros_like(w)
     if kind == "label":
-        gradient = regularizer_gradient("weight", w, network) / (2 * network.n_samples)
+        gradient = _regularizer_gradient("weight", w, network) / (2 * network.n_samples)
     else:
-        gradient = regularizer_gradient(kind, w, network)
-    return -(tangent_projection(w, network) @ gradient.unsqueeze(-1)).squeeze(-1)
+        gradient = _regularizer_gradient(kind, w, network)
+    return -(_tangent_projection(w, network) @ gradient.unsqueeze(-1)).squeeze(-1)
 
 
 def limiting_flow(kind: str, w0, times, network: DiagonalNetwork, *, substeps: int = 8):
@@ -261,7 +278,8 @@ def limiting_flow(kind: str, w0, times, network: DiagonalNetwork, *, substeps: i
     (see ``TIME_SCALE_POWER``). Implements :eq:`sl-flow-nondegenerate` and :eq:`sl-flow-label` of
     :doc:`/book/singular_limit`."""
     w0 = network.check_parameters(w0, "w0")
-    return rk4(lambda _t, w: limiting_drift(kind, w, network), w0, times, substeps=substeps)
+    limiting_drift(kind, w0, network)  # validates kind once; the steps then read nothing back
+    return rk4(lambda _t, w: _limiting_drift(kind, w, network), w0, times, substeps=substeps)
 
 
 def sample_noise(kind: str, shape, network: DiagonalNetwork, generator: torch.Generator, *,
@@ -487,10 +505,87 @@ def observe_balance(network: DiagonalNetwork):
     return observe
 
 
+def unit_share(p, network: DiagonalNetwork) -> torch.Tensor:
+    """The share ``p_j x_0j / f(x_0)`` of each unit in the output on the first datum, shape
+    ``(..., d)``, from unit products ``p`` of shape ``(..., d)``: the split ``s`` of
+    :eq:`sl-dropout-flow` and of :eq:`sl-weighted-l1` of :doc:`/book/singular_limit`. On
+    rank-one data it does not change when all ``p_j`` are scaled by one factor, so it removes the
+    ``O(sigma^2)`` offset of the noisy runs from ``Gamma``."""
+    p = as_tensor(p, "p", device=network.inputs.device, dtype=network.inputs.dtype)
+    if p.dim() < 1 or p.shape[-1] != network.width:
+        raise ValueError(f"p has shape {tuple(p.shape)}, expected (..., {network.width})")
+    contributions = p * network.inputs[0]
+    return contributions / contributions.sum(-1, keepdim=True)
+
+
+def run_on_slow_clock(kind: str, network: DiagonalNetwork, w0, alpha: float, times, *,
+                      sigma: float, replicas: int, generator: torch.Generator | None = None,
+                      observe=None) -> EnsembleResult:
+    """:func:`run_noisy_gd` from one point ``w0`` copied to ``replicas`` replicas, recorded at the
+    slow times ``times`` of ``kind`` (:func:`slow_time`; the last one ends the run).
+
+    Implements :eq:`sl-noisy-gd` of :doc:`/book/singular_limit` on the clock of
+    :eq:`sl-flow-nondegenerate` or :eq:`sl-flow-label`. ``observe`` defaults to
+    :func:`observe_balance`.
+    """
+    w0 = network.check_parameters(w0, "w0")
+    if w0.dim() != 1:
+        raise ValueError(f"w0 has shape {tuple(w0.shape)}, expected ({2 * network.width},)")
+    check_count(replicas, "replicas")
+    scale = float(slow_time(kind, 1, alpha, sigma))
+    record = np.rint(np.asarray(times, dtype=float) / scale).astype(int)
+    if record.ndim != 1 or record.size < 1 or np.any(np.diff(record) < 0) or record[0] < 0:
+        raise ValueError(f"times={times!r} must be an increasing list of times >= 0")
+    return run_noisy_gd(kind, network, w0.expand(replicas, -1).clone(), alpha, int(record[-1]),
+                        sigma=sigma, record=record, generator=generator,
+                        observe=observe_balance(network) if observe is None else observe)
+
+
+def _loss_gradient(w: torch.Tensor, network: DiagonalNetwork) -> torch.Tensor:
+    u, v = network.split(w)
+    error = (network.outputs(w) - network.targets) @ network.inputs / network.n_samples
+    return torch.cat([error * v, error * u], dim=-1)
+
+
+def run_anticorrelated_gd(network: DiagonalNetwork, w0, alpha: float, n_steps: int, *,
+                          sigma: float, record=1, observe=None,
+                          generator: torch.Generator | None = None, noise_chunk: int = 512,
+                          bound: float = 1e6, check_every: int = 64) -> EnsembleResult:
+    """Anti-correlated perturbed gradient descent ``theta <- theta - alpha grad L(theta) + xi_{k+1}
+    - xi_k`` with i.i.d. ``xi_k ~ N(0, sigma^2 I)``, for an ensemble ``w0`` of shape ``(R, 2d)``.
+
+    Implements :eq:`sl-anti-pgd` of :doc:`/book/singular_limit`. The run starts at
+    ``theta_0 = w0 + xi_0``, so that ``z_k = theta_k - xi_k`` starts at ``w0``; ``z`` is then
+    noisy gradient descent with weight perturbation from ``w0``. ``observe`` (by default the
+    weights, ``{"w": theta}``) sees ``theta``, shape ``(R, 2d)``.
+    """
+    alpha, sigma = check_positive(alpha, "alpha"), check_positive(sigma, "sigma")
+    check_count(n_steps, "n_steps", minimum=0)
+    w0 = network.check_parameters(w0, "w0")
+    if w0.dim() != 2:
+        raise ValueError(f"w0 has shape {tuple(w0.shape)}, expected (R, {2 * network.width})")
+    generator = make_generator(device=w0.device) if generator is None else generator
+    xi0 = sigma * torch.randn(w0.shape, generator=generator, dtype=w0.dtype, device=w0.device)
+
+    def noise(k, gen):
+        return sigma * torch.randn((k, *w0.shape), generator=gen, dtype=w0.dtype, device=w0.device)
+
+    def step(state, xi):
+        theta, xi_old = state
+        return theta - alpha * _loss_gradient(theta, network) + xi - xi_old, xi
+
+    def observe_theta(state):
+        return {"w": state[0]} if observe is None else observe(state[0])
+
+    return run_ensemble(step, (w0 + xi0, xi0), n_steps, record=record, observe=observe_theta,
+                        noise=noise, noise_chunk=noise_chunk, bound=bound,
+                        check_every=check_every, generator=generator)
+
+
 __all__ = [
     "CORRECTED_KINDS", "DEGENERATE_KINDS", "NOISE_KINDS", "TIME_SCALE_POWER", "DiagonalNetwork",
     "balance", "corrected_balance", "isotropic_second_moment", "limiting_drift", "limiting_flow",
     "noise_size", "noisy_gradient", "noisy_loss", "observe_balance", "product_on_manifold",
-    "regularizer", "regularizer_gradient", "richardson", "run_noisy_gd", "sample_noise",
-    "slow_time", "tangent_projection",
+    "regularizer", "regularizer_gradient", "richardson", "run_anticorrelated_gd", "run_noisy_gd",
+    "run_on_slow_clock", "sample_noise", "slow_time", "tangent_projection", "unit_share",
 ]
