@@ -12,11 +12,16 @@ from learndyn.flows import (
     directional_derivatives,
     drift_derivatives,
     integrate_moments,
+    integrate_order_eta,
+    linear_noise_control,
+    linear_noise_proxy,
     linear_transport,
     moment_derivatives,
+    order_eta_derivatives,
     rk4,
     solve_stiff,
     step_doubling,
+    update_moments,
 )
 
 
@@ -256,3 +261,122 @@ def test_closure_remainder_next_order_of_a_sextic_on_a_gaussian():
     assert torch.allclose(following, torch.full((2, 1), 15 * var**3, dtype=torch.float64))
     with pytest.raises(ValueError, match="moments"):
         closure_remainder(lambda w: w**6, cloud, moments=(2,))
+
+
+# --- the O(eta) term ------------------------------------------------------------------------------
+
+def _linear_rule(a=0.7, b=0.3):
+    """f = -a w + sqrt(b) z in one dimension: alpha = -a w, beta = a^2 w^2 + b."""
+    def update(w, z):
+        return -a * w + math.sqrt(b) * z
+
+    def noise_moments(w):
+        return update_moments(update, w, 1, nodes=4)
+
+    return update, noise_moments
+
+
+def test_update_moments_of_a_linear_gaussian_rule(device):
+    like = {"dtype": torch.float64, "device": device}
+    a = torch.tensor([[0.5, -1.0], [0.2, 0.3]], **like)
+    s = torch.tensor([[1.0, 0.0, 0.4], [0.3, 0.7, 0.0]], **like)
+    w = torch.randn(5, 2, **like)
+    alpha, beta = update_moments(lambda v, z: v @ a.T + z @ s.T, w, 3, nodes=3)
+    assert alpha.shape == (5, 2) and beta.shape == (5, 2, 2)
+    assert torch.allclose(alpha, w @ a.T, atol=1e-12)
+    mean = w @ a.T
+    assert torch.allclose(beta, mean[:, :, None] * mean[:, None, :] + s @ s.T, atol=1e-12)
+
+
+def test_update_moments_of_a_sign_with_two_nodes(device):
+    like = {"dtype": torch.float64, "device": device}
+    w = torch.zeros(1, 1, **like)
+    alpha, beta = update_moments(lambda v, z: v + torch.sign(z[..., :1]) * (1 + z[..., 1:] ** 2),
+                                 w, 2, nodes=(2, 6))
+    assert abs(alpha.item()) < 1e-12  # the sign averages out exactly
+    assert abs(beta.item() - 6.0) < 1e-12  # <(1 + z^2)^2> = 1 + 2 + 3
+
+
+def test_update_moments_rejects_bad_nodes():
+    w = torch.zeros(1, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="nodes"):
+        update_moments(lambda v, z: v, w, 2, nodes=(3, 3, 3))
+    with pytest.raises(ValueError, match="noise_dim"):
+        update_moments(lambda v, z: v, w, 0)
+
+
+def test_order_eta_derivatives_of_a_linear_rule(device):
+    a, b, eta = 0.7, 0.3, 0.1
+    _, noise_moments = _linear_rule(a, b)
+    like = {"dtype": torch.float64, "device": device}
+    mean, cov = torch.tensor([[1.5]], **like), torch.tensor([[[0.2]]], **like)
+    d_mean, d_cov = order_eta_derivatives(lambda w: -a * w, noise_moments, mean, cov, eta)
+    assert torch.allclose(d_mean, -a * mean - eta / 2 * a**2 * mean, atol=1e-12)
+    assert torch.allclose(d_cov, -2 * a * cov + eta * b, atol=1e-12)  # diffusion B
+    d_mean, d_cov = order_eta_derivatives(lambda w: -a * w, noise_moments, mean, cov, eta,
+                                          drift_correction=0.0, centred=0.0)
+    assert torch.allclose(d_mean, -a * mean, atol=1e-12)
+    assert torch.allclose(d_cov, -2 * a * cov + eta * (b + a**2 * mean**2), atol=1e-12)  # beta
+    reference = moment_derivatives(lambda w: -a * w, mean, cov)
+    at_zero = order_eta_derivatives(lambda w: -a * w, noise_moments, mean, cov, 0.0)
+    assert all(torch.allclose(x, y) for x, y in zip(at_zero, reference, strict=True))
+    with pytest.raises(ValueError, match="eta"):
+        order_eta_derivatives(lambda w: -a * w, noise_moments, mean, cov, -0.1)
+
+
+def test_integrate_order_eta_batches_theories_and_steps(device):
+    a, b = 0.7, 0.3
+    _, noise_moments = _linear_rule(a, b)
+    like = {"dtype": torch.float64, "device": device}
+    times = np.linspace(0.0, 2.0, 5)
+    etas = torch.tensor([0.0, 0.05, 0.1], **like)
+    means, covs = integrate_order_eta(lambda w: -a * w, noise_moments, torch.tensor([1.0], **like),
+                                      torch.zeros(1, 1, **like), times, etas, substeps=20)
+    assert means.shape == (5, 3, 1) and covs.shape == (5, 3, 1, 1)
+    t = torch.as_tensor(times, **like)[:, None]
+    rate = a + etas * a**2 / 2  # the modified drift -(a + eta a^2 / 2) w
+    assert torch.allclose(means[..., 0], torch.exp(-rate * t), atol=1e-8)
+    # dC/dt = J C + C J^T + eta B with the Jacobian of F (its O(eta) change is O(eta C) = O(eta^2))
+    expected = etas * b * (1 - torch.exp(-2 * a * t)) / (2 * a)
+    assert torch.allclose(covs[..., 0, 0], expected, atol=1e-8)
+
+
+def test_linear_noise_proxy_is_exact_for_a_linear_rule(device):
+    a, b, step, n_steps = 0.7, 0.3, 0.1, 12
+    update, noise_moments = _linear_rule(a, b)
+    like = {"dtype": torch.float64, "device": device}
+    proxy = linear_noise_proxy(lambda w: -a * w, noise_moments, torch.tensor([1.0], **like), step,
+                               n_steps)
+    assert proxy.path.shape == (n_steps + 1, 1) and proxy.cov.shape == (n_steps + 1, 1, 1)
+    assert torch.allclose(proxy.path[:, 0], (1 - step * a) ** torch.arange(n_steps + 1, **like))
+    # the exact variance of w_k = (1 - step a) w_{k-1} + step sqrt(b) z from a point
+    q = (1 - step * a) ** 2
+    k = torch.arange(n_steps + 1, **like)
+    assert torch.allclose(proxy.cov[:, 0, 0], step**2 * b * (1 - q**k) / (1 - q), atol=1e-14)
+    generator = torch.Generator(device=device).manual_seed(3)
+    w = proxy.path[0].expand(64, 1).clone()
+    v = torch.zeros_like(w)
+    samples, proxies = [w], [v]
+    for k in range(n_steps):
+        z = torch.randn(64, 1, generator=generator, **like)
+        v = proxy.advance(k, v, proxy.path[k] + step * update(proxy.path[k].expand_as(w), z))
+        w = w + step * update(w, z)
+        samples.append(w)
+        proxies.append(v)
+        assert torch.allclose(w - v, proxy.path[k + 1].expand_as(w), atol=1e-12)  # v is all the noise
+    mean_terms, cov_terms = linear_noise_control(torch.stack(samples), torch.stack(proxies), proxy.cov)
+    assert torch.allclose(mean_terms, proxy.path[:, None].expand_as(mean_terms), atol=1e-12)
+    assert torch.allclose(cov_terms.mean(1), proxy.cov, atol=1e-12)
+
+
+def test_linear_noise_helpers_reject_bad_input():
+    _, noise_moments = _linear_rule()
+    with pytest.raises(ValueError, match="step"):
+        linear_noise_proxy(lambda w: -w, noise_moments, torch.tensor([1.0], dtype=torch.float64), 0.0, 3)
+    with pytest.raises(ValueError, match="w0"):
+        linear_noise_proxy(lambda w: -w, noise_moments, torch.ones(2, 1, dtype=torch.float64), 0.1, 3)
+    samples = torch.zeros(3, 4, 2)
+    with pytest.raises(ValueError, match="share"):
+        linear_noise_control(samples, torch.zeros(3, 5, 2), torch.zeros(3, 2, 2))
+    with pytest.raises(ValueError, match="proxy_cov"):
+        linear_noise_control(samples, samples, torch.zeros(4, 2, 2))

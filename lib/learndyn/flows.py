@@ -7,13 +7,18 @@ Also the moment closure of chapter 1 (Eqs. 10-11 of Schmid & Murray): for an upd
     dC_ij/dt    = sum_k [C_ik d_k F_j(<w>) + C_jk d_k F_i(<w>)]  (+ eta B_ij(<w>))  (1.11)
 
 with time measured in units of ``eta`` steps. The bracketed diffusion term is the next order in eta,
-the noise covariance ``B = <f f^T> - F F^T``; the first-order (Liouville) equations leave it out.
+the update covariance ``B = beta - F F^T`` (``beta = <f f^T>``, the second Kramers-Moyal coefficient);
+the first-order (Liouville) equations leave it out. At that order the mean equation also gains the
+drift correction ``-(eta/2) J F`` (the stochastic modified equation, :func:`order_eta_derivatives`);
+the Kramers-Moyal equation with ``eta beta`` instead is right at a fixed point, not along the way.
 The closure drops terms of order C^2 (third moments, and fourth moments ``<delta^4> = 3 C^2`` even for
 a Gaussian cloud). To test it without trusting it, the module also carries a Gauss-Hermite grid along
 the flow (the exact Liouville solution, :func:`carry_gaussian`), evaluates the dropped terms on that
 cloud (:func:`closure_remainder`) and carries them along the linearized flow
 (:func:`linear_transport`); :func:`step_doubling` and :func:`control_variate` turn an ensemble into
-estimates with their O(eta) allowance and standard errors.
+estimates with their O(eta) allowance and standard errors. For the O(eta) term, :func:`update_moments`
+gives ``alpha`` and ``beta`` by quadrature, :func:`integrate_order_eta` the moments to that order, and
+:func:`linear_noise_proxy` with :func:`linear_noise_control` a control variate for runs from one point.
 """
 
 from __future__ import annotations
@@ -26,9 +31,17 @@ import numpy as np
 import torch
 from scipy.integrate import solve_ivp
 
-from .backend import as_tensor, check_count, check_covariance, check_shape
+from .backend import as_tensor, check_count, check_covariance, check_positive, check_shape
 
 Drift = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _time_grid(times) -> np.ndarray:
+    """``times`` (a sequence, an array or a tensor on any device) as a host array, once per call."""
+    grid = np.asarray(times.detach().cpu() if isinstance(times, torch.Tensor) else times, dtype=float)
+    if grid.ndim != 1 or grid.size < 1 or np.any(np.diff(grid) <= 0) or not np.all(np.isfinite(grid)):
+        raise ValueError(f"times must be a finite, strictly increasing 1-d grid; got {grid!r}")
+    return grid
 
 
 def rk4(rhs: Callable[[float, torch.Tensor], torch.Tensor], y0: torch.Tensor, times,
@@ -40,9 +53,7 @@ def rk4(rhs: Callable[[float, torch.Tensor], torch.Tensor], y0: torch.Tensor, ti
     O(h^4) with ``h = dt / substeps``.
     """
     check_count(substeps, "substeps")
-    grid = np.asarray(times.cpu() if isinstance(times, torch.Tensor) else times, dtype=float)
-    if grid.ndim != 1 or grid.size < 1 or np.any(np.diff(grid) <= 0) or not np.all(np.isfinite(grid)):
-        raise ValueError(f"times must be a finite, strictly increasing 1-d grid; got {grid!r}")
+    grid = _time_grid(times)
     if not isinstance(y0, torch.Tensor):
         raise ValueError(f"y0 must be a torch.Tensor, got {type(y0).__name__}")
     out = [y0]
@@ -68,9 +79,9 @@ def solve_stiff(rhs: Callable[[float, torch.Tensor], torch.Tensor], y0: torch.Te
     The state is flattened for scipy and reshaped back; the result has shape ``(len(times), *y0.shape)``
     on ``y0``'s device and dtype. Raises ``RuntimeError`` with scipy's message when the solver fails.
     """
-    grid = np.asarray(times, dtype=float)
-    if grid.ndim != 1 or grid.size < 1 or np.any(np.diff(grid) <= 0):
-        raise ValueError(f"times must be a strictly increasing 1-d grid; got {grid!r}")
+    grid = _time_grid(times)
+    if not isinstance(y0, torch.Tensor):
+        raise ValueError(f"y0 must be a torch.Tensor, got {type(y0).__name__}")
     shape, device, dtype = y0.shape, y0.device, y0.dtype
 
     def flat_rhs(t, y):
@@ -397,8 +408,188 @@ def control_variate(samples: torch.Tensor, carried: torch.Tensor, cloud: Carried
     return mean_terms, cov_terms
 
 
+# --- The O(eta) term: Kramers-Moyal coefficients, the modified equation, a linear-noise proxy (chapter 1) ---
+
+NoiseMoments = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def update_moments(update: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], w: torch.Tensor,
+                   noise_dim: int, *, nodes=24) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first two Kramers-Moyal coefficients ``alpha = <f>`` and ``beta = <f f^T>`` at ``w``.
+
+    Implements :eq:`sgd-km-coefficients` of :doc:`/book/sgd_stochastic_process` for an update
+    ``f = update(w, z)`` that depends on its randomness through ``noise_dim`` standard normals ``z``
+    (e.g. ``sl_step(w, z, classes, 1.0, lam) - w``). The average is a tensor Gauss-Hermite quadrature
+    with ``nodes`` points per axis (an int, or one count per axis): exact for polynomials of degree
+    ``< 2 nodes`` in ``z``, and for a coordinate that enters only through its sign with any even count.
+    ``w`` has shape ``(..., n)``; returns shapes ``(..., n)`` and ``(..., n, n)``.
+    """
+    check_count(noise_dim, "noise_dim")
+    counts = [nodes] * noise_dim if isinstance(nodes, int) else list(nodes)
+    if len(counts) != noise_dim:
+        raise ValueError(f"nodes={nodes!r} gives {len(counts)} axes, noise_dim={noise_dim}")
+    for count in counts:
+        check_count(count, "nodes")
+    if math.prod(counts) > 1_000_000:
+        raise ValueError(f"nodes={nodes!r} is a grid of {math.prod(counts)} points; use fewer")
+    rules = [np.polynomial.hermite_e.hermegauss(count) for count in counts]
+    grid = np.stack(np.meshgrid(*[x for x, _ in rules], indexing="ij"), -1).reshape(-1, noise_dim)
+    weights = np.prod(np.stack(np.meshgrid(*[q / q.sum() for _, q in rules], indexing="ij"), -1)
+                      .reshape(-1, noise_dim), -1)
+    like = {"device": w.device, "dtype": w.dtype}
+    grid, weights = torch.as_tensor(grid, **like), torch.as_tensor(weights, **like)
+    batch = w.shape[:-1]
+    flat = w.reshape(-1, 1, w.shape[-1]).expand(-1, len(weights), -1)
+    f = update(flat, grid.expand(flat.shape[0], -1, -1))
+    alpha = torch.einsum("p,bpi->bi", weights, f)
+    beta = torch.einsum("p,bpi,bpj->bij", weights, f, f)
+    return alpha.reshape(*batch, -1), beta.reshape(*batch, *beta.shape[-2:])
+
+
+def order_eta_derivatives(drift: Drift, noise_moments: NoiseMoments, mean: torch.Tensor,
+                          cov: torch.Tensor, eta, *, drift_correction=1.0,
+                          centred=1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-hand sides of the moment equations to first order in ``eta``, batched over leading axes.
+
+    Implements :eq:`sgd-sme-moments` of :doc:`/book/sgd_stochastic_process`:
+
+        dm/dt = F + 1/2 H[C] - c (eta/2) J F,     dC/dt = J C + C J^T + eta (beta - s alpha alpha^T),
+
+    at ``m = mean``, with ``(alpha, beta) = noise_moments(m)`` (e.g. from :func:`update_moments`),
+    ``c = drift_correction`` and ``s = centred``. The modified equation has ``c = s = 1`` (its
+    diffusion is the update covariance ``B``); the second-order Kramers-Moyal equation has
+    ``c = s = 0`` (diffusion ``beta``). ``eta``, ``c`` and ``s`` are numbers or tensors that broadcast
+    against the batch ``mean.shape[:-1]``, so that several theories integrate in one batch;
+    ``eta = 0`` gives (1.10)-(1.11).
+    """
+    n = mean.shape[-1]
+    check_shape(cov, (n, n), "cov")
+    like = {"device": mean.device, "dtype": mean.dtype}
+    batch = torch.broadcast_shapes(mean.shape[:-1], cov.shape[:-2])
+    coefficients = []
+    for value, name in ((eta, "eta"), (drift_correction, "drift_correction"), (centred, "centred")):
+        tensor = torch.as_tensor(value, **like)
+        if not bool(torch.isfinite(tensor).all()) or bool((tensor < 0).any()):
+            raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
+        batch = torch.broadcast_shapes(batch, tensor.shape)
+        coefficients.append(tensor)
+    eta, correction, centred = (c.expand(batch).reshape(-1, 1) for c in coefficients)
+    flat_mean = mean.expand(*batch, n).reshape(-1, n)
+    flat_cov = cov.expand(*batch, n, n).reshape(-1, n, n)
+    value, jacobian, hessian = drift_derivatives(drift, flat_mean)
+    alpha, beta = noise_moments(flat_mean)
+    noise = beta - centred[:, :, None] * alpha[:, :, None] * alpha[:, None, :]
+    d_mean = value + 0.5 * torch.einsum("bikl,bkl->bi", hessian, flat_cov)
+    d_mean = d_mean - 0.5 * correction * eta * torch.einsum("bik,bk->bi", jacobian, value)
+    d_cov = jacobian @ flat_cov + flat_cov @ jacobian.transpose(-1, -2) + eta[:, :, None] * noise
+    return d_mean.reshape(*batch, n), d_cov.reshape(*batch, n, n)
+
+
+def integrate_order_eta(drift: Drift, noise_moments: NoiseMoments, mean0, cov0, times, eta, *,
+                        drift_correction=1.0, centred=1.0, substeps: int = 4,
+                        device=None, dtype=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Integrate :func:`order_eta_derivatives` with :func:`rk4` from ``(mean0, cov0)``.
+
+    Implements :eq:`sgd-sme-moments` of :doc:`/book/sgd_stochastic_process`, integrated in time.
+    ``eta``, ``drift_correction`` and ``centred`` may be 1-d tensors (one entry per theory): the
+    result then has that batch axis, shapes ``(len(times), B, n)`` and ``(len(times), B, n, n)``.
+    """
+    mean0 = as_tensor(mean0, "mean0", device=device, dtype=dtype)
+    n = mean0.shape[-1]
+    cov0 = check_shape(as_tensor(cov0, "cov0", device=mean0.device, dtype=mean0.dtype), (n, n), "cov0")
+    like = {"device": mean0.device, "dtype": mean0.dtype}
+    eta, drift_correction, centred = (torch.as_tensor(c, **like) for c in (eta, drift_correction, centred))
+    batch = torch.broadcast_shapes(mean0.shape[:-1], cov0.shape[:-2], eta.shape, drift_correction.shape,
+                                   centred.shape)
+
+    def rhs(_t, y):
+        d_mean, d_cov = order_eta_derivatives(drift, noise_moments, y[..., :n],
+                                              y[..., n:].unflatten(-1, (n, n)), eta,
+                                              drift_correction=drift_correction, centred=centred)
+        return torch.cat([d_mean, d_cov.flatten(-2)], dim=-1)
+
+    start = torch.cat([mean0.expand(*batch, n), cov0.expand(*batch, n, n).flatten(-2)], dim=-1)
+    path = rk4(rhs, start, times, substeps=substeps)
+    return path[..., :n], path[..., n:].unflatten(-1, (n, n))
+
+
+class LinearNoiseProxy(NamedTuple):
+    """The linear-noise approximation of one SGD run at step ``step``, as a control variate.
+
+    What :func:`linear_noise_proxy` returns; the proxy of :eq:`sgd-linear-noise` of
+    :doc:`/book/sgd_stochastic_process`. ``path`` ``(K + 1, n)`` is the Euler path
+    ``p_{k+1} = p_k + step F(p_k)``, ``jacobians`` ``(K, n, n)`` the Jacobians of ``F`` on it,
+    ``cov`` ``(K + 1, n, n)`` the exact covariance ``<v_k v_k^T>`` of the proxy.
+    """
+
+    path: torch.Tensor
+    jacobians: torch.Tensor
+    cov: torch.Tensor
+    step: float
+
+    def advance(self, k, v: torch.Tensor, updated: torch.Tensor) -> torch.Tensor:
+        """``v_{k+1} = (1 + step J_k) v_k + (updated - p_{k+1})``, where ``updated`` is the path
+        point ``p_k`` after one update with this replica's input (so ``<v> = 0`` at every step)."""
+        return v + self.step * v @ self.jacobians[k].T + (updated - self.path[k + 1])
+
+
+def linear_noise_proxy(drift: Drift, noise_moments: NoiseMoments, w0, step: float,
+                       n_steps: int, *, device=None, dtype=None) -> LinearNoiseProxy:
+    """The proxy ``v`` of :eq:`sgd-linear-noise` of :doc:`/book/sgd_stochastic_process` from ``w0``.
+
+    The replicas' updates, linearized around the Euler path of the mean update, driven by the
+    same inputs: ``v_{k+1} = (1 + step J_k) v_k + step (f(p_k) - F(p_k))``, ``v_0 = 0``. Its mean is
+    zero and its covariance follows ``V_{k+1} = (1 + step J_k) V_k (1 + step J_k)^T + step^2 B(p_k)``
+    exactly, with ``B = beta - alpha alpha^T`` from ``noise_moments``. Subtracting ``v`` from each
+    replica (:func:`linear_noise_control`) leaves the noise of the nonlinear remainder only.
+    """
+    w0 = check_shape(as_tensor(w0, "w0", device=device, dtype=dtype), (None,), "w0")
+    if w0.dim() != 1:
+        raise ValueError(f"w0 has shape {tuple(w0.shape)}, expected (n,)")
+    step = check_positive(step, "step")
+    check_count(n_steps, "n_steps")
+    path = [w0]
+    for _ in range(n_steps):
+        path.append(path[-1] + step * drift(path[-1][None])[0])
+    path = torch.stack(path)
+    _, jacobians, _ = drift_derivatives(drift, path[:-1], second=False)
+    alpha, beta = noise_moments(path[:-1])
+    noise = beta - alpha[:, :, None] * alpha[:, None, :]
+    eye = torch.eye(w0.shape[0], device=w0.device, dtype=w0.dtype)
+    covs = [torch.zeros_like(eye)]
+    for k in range(n_steps):
+        propagator = eye + step * jacobians[k]
+        covs.append(propagator @ covs[-1] @ propagator.T + step**2 * noise[k])
+    return LinearNoiseProxy(path, jacobians, torch.stack(covs), step)
+
+
+def linear_noise_control(samples: torch.Tensor, proxies: torch.Tensor,
+                         proxy_cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-replica terms for the ensemble's mean and covariance with the linear noise removed.
+
+    The control variate of :eq:`sgd-linear-noise` of :doc:`/book/sgd_stochastic_process`.
+    ``samples`` and ``proxies`` ``(T, R, n)`` are the replicas and their proxies ``v`` (same inputs),
+    ``proxy_cov`` ``(T, n, n)`` the exact ``<v v^T>``. The terms are ``s - v`` and
+    ``d d^T - e e^T + <v v^T>``, with ``d``, ``e`` the deviations of ``s``, ``v`` from their replica
+    means; their replica averages estimate ``<w>`` and ``Cov(w)``.
+    """
+    if samples.shape != proxies.shape or samples.dim() != 3:
+        raise ValueError(f"samples {tuple(samples.shape)} and proxies {tuple(proxies.shape)} must share "
+                         "a shape (len(times), R, n)")
+    n = samples.shape[-1]
+    if proxy_cov.shape != (samples.shape[0], n, n):
+        raise ValueError(f"proxy_cov has shape {tuple(proxy_cov.shape)}, expected "
+                         f"{(samples.shape[0], n, n)}")
+    d = samples - samples.mean(1, keepdim=True)
+    e = proxies - proxies.mean(1, keepdim=True)
+    cov_terms = d[..., :, None] * d[..., None, :] - e[..., :, None] * e[..., None, :] + proxy_cov[:, None]
+    return samples - proxies, cov_terms
+
+
 __all__ = [
     "rk4", "solve_stiff", "drift_derivatives", "moment_derivatives", "integrate_moments",
     "CarriedCloud", "carry_gaussian", "directional_derivatives", "closure_remainder",
-    "linear_transport", "StepDoubling", "step_doubling", "control_variate"
+    "linear_transport", "StepDoubling", "step_doubling", "control_variate", "update_moments",
+    "order_eta_derivatives", "integrate_order_eta", "LinearNoiseProxy", "linear_noise_proxy",
+    "linear_noise_control"
 ]
