@@ -320,3 +320,186 @@ def test_toy_phase_point_is_a_sweepable_experiment():
     assert sum(points[0].result["observed"]) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="sigma_eps"):
         ni.toy_phase_point(-1.0, seed=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Issue 14: divergence onset, NIW Hessian spectrum and kink, Eq. 8, replica ensembles
+# --------------------------------------------------------------------------------------------------
+
+def test_divergence_onset_decides_the_noise_map(device):
+    g = make_generator(21, device=device)
+    w1 = 1 + 0.3 * torch.randn(300, generator=g, device=device, dtype=F64)
+    wn = w1 * (0.05 + 0.95 * torch.rand(300, generator=g, device=device, dtype=F64))
+    onset = ni.divergence_onset(w1, wn, 0.02, device=device)
+    torch.testing.assert_close(onset, 2 / torch.sqrt(0.02 * (w1**2 + wn**2)))
+    factor = torch.where(torch.arange(300, device=device) % 2 == 0, 0.9, 1.1).to(F64)
+    diverged = ni.noise_dominated_divergence(w1, wn, 0.02, onset * factor, n_steps=400, device=device)
+    assert diverged.tolist() == (factor > 1).tolist()
+    # sqrt(2) sigma_cat in the limit of a small NIW
+    small = ni.divergence_onset(1.0, 1e-6, 0.01, device=device)
+    cat = ni.phase_thresholds(1.5, 1.0, 1e-6, 0.01, device=device).catapult
+    assert abs(float(small / cat) - math.sqrt(2)) < 1e-9
+
+
+def test_predicted_phase_with_a_divergence_threshold_has_a_band(device):
+    centre = tuple(torch.full((3,), c, device=device, dtype=F64) for c in (1.5, 1.0, 0.1))
+    onset = ni.divergence_onset(centre[1], centre[2], 0.01, device=device)
+    sigma = onset * torch.tensor([0.8, 1.0, 2.0], device=device, dtype=F64)
+    pred = ni.predicted_phase(centre, sigma, 100, eta=0.01, batch_size=1024, z=2.0, divergent=onset)
+    assert pred.phase.tolist()[2] == 3 and pred.phase.tolist()[0] == 2
+    assert pred.band.tolist() == [False, True, False]
+
+
+def _small_network(device, seed=30, n_models=2, loss_bias=True):
+    g = make_generator(seed, device=device)
+    params = ni.init_nin_mlp(n_models, 4, 6, 3, nin_scale=0.5, generator=g, device=device)
+    params["b0"] = 0.3 * torch.randn(n_models, 1, 6, generator=g, device=device, dtype=F64)
+    x = torch.randn(300, 4, generator=g, device=device, dtype=F64)
+    y = torch.randint(3, (300,), generator=g, device=device)
+    return params, x, y, g
+
+
+@pytest.mark.parametrize("loss", ni.MLP_LOSSES)
+def test_curvature_spectrum_is_the_niw_hessian(device, loss):
+    params, x, y, _ = _small_network(device)
+    lam, vec = ni.nin_curvature_spectrum(params, x, loss)
+    b_ni, _ = ni.nin_noise_hessian_rates(params, x, loss)
+    curvature = vec @ torch.diag_embed(lam) @ vec.transpose(1, 2)
+    unit = params["w_ni"] / params["w_ni"].norm(dim=-1, keepdim=True)
+    torch.testing.assert_close(torch.einsum("ni,nij,nj->n", unit, curvature, unit), b_ni)
+    # K is the Hessian in w_NI of the noise term 1/2 <v^T H v>, v = W1^T D w (masks at eps = 0)
+    for model in range(2):
+        def noise_term(w, model=model):
+            z = x @ params["W0"][model] + params["b0"][model]
+            v = ((z > 0).to(F64) * w) @ params["W1"][model]
+            if loss == "mse":
+                return 0.5 * v.square().sum(-1).mean()
+            p = torch.softmax(torch.relu(z) @ params["W1"][model] + params["b1"][model], -1)
+            return 0.5 * ((p * v.square()).sum(-1) - (p * v).sum(-1).square()).mean()
+        hessian = torch.autograd.functional.hessian(noise_term, params["w_ni"][model])
+        torch.testing.assert_close(curvature[model], hessian, rtol=1e-10, atol=1e-12)
+    assert bool((lam[:, -1] >= b_ni - 1e-12).all())
+
+
+def test_spectral_decay_is_the_matrix_power(device):
+    params, x, _, _ = _small_network(device)
+    lam, vec = ni.nin_curvature_spectrum(params, x)
+    rate = torch.tensor([0.5, 1.5], device=device, dtype=F64)
+    got = ni.spectral_niw_decay(lam, vec, params["w_ni"], rate, [0, 1, 5])
+    curvature = vec @ torch.diag_embed(lam) @ vec.transpose(1, 2)
+    unit = params["w_ni"] / params["w_ni"].norm(dim=-1, keepdim=True)
+    for model in range(2):
+        step = torch.eye(6, device=device, dtype=F64) - rate[model] * curvature[model]
+        for row, t in enumerate((0, 1, 5)):
+            expected = unit[model] @ torch.linalg.matrix_power(step, t) @ unit[model]
+            torch.testing.assert_close(got[row, model], expected)
+
+
+def test_kink_curvature_is_the_mean_niw_gradient(device):
+    """sigma^2 (K + diag kappa) w is the mean NIW gradient over the noise, to first order."""
+    params, x, y, g = _small_network(device, n_models=1)
+    sigma, draws = 0.5, 3000
+    hot = torch.nn.functional.one_hot(y, 3).to(F64)
+    copies = {k: v.expand(draws, *v.shape[1:]) for k, v in params.items()}
+    eps = sigma * torch.randn(draws, 300, generator=g, device=device, dtype=F64)
+    grads = ni.nin_mlp_gradients(copies, x.expand(draws, -1, -1).contiguous(),
+                                 hot.expand(draws, -1, -1).contiguous(), eps)["w_ni"]
+    w = params["w_ni"][0]
+    lam, vec = ni.nin_curvature_spectrum(params, x)
+    kappa = ni.nin_kink_curvature(params, x, y, sigma, n_classes=3)[0]
+    predicted = sigma**2 * (vec[0] @ torch.diag(lam[0]) @ vec[0].T @ w + kappa * w)
+    without_kink = sigma**2 * (vec[0] @ torch.diag(lam[0]) @ vec[0].T @ w)
+    se = grads.std(0) / math.sqrt(draws)
+    gap = (grads.mean(0) - predicted).abs()
+    assert bool((gap < 5 * se + 0.05 * predicted.abs()).all()), (gap, se)
+    assert float((grads.mean(0) - without_kink).abs().max()) > float(gap.max())
+
+
+def test_loss_decay_rates_are_the_first_order_change(device):
+    params, x, y, _ = _small_network(device)
+    x_eval, y_eval = x[:100], y[:100]
+    rate = ni.loss_decay_rates(params, x, y, x_eval, y_eval, n_classes=3)
+    h = 1e-6
+    hot, hot_eval = (torch.nn.functional.one_hot(v, 3).to(F64) for v in (y, y_eval))
+    zeros = torch.zeros(2, 300, device=device, dtype=F64)
+    grads = ni.nin_mlp_gradients(params, x.expand(2, -1, -1).contiguous(),
+                                 hot.expand(2, -1, -1).contiguous(), zeros)
+    stepped = {k: v - h * grads[k] if k != "w_ni" else v for k, v in params.items()}
+    before, after = (ni.nin_mlp_loss(p, x_eval.expand(2, -1, -1), hot_eval.expand(2, -1, -1),
+                                     zeros[:, :100]) for p in (params, stepped))
+    torch.testing.assert_close(rate, (before - after) / (h * before), rtol=1e-4, atol=1e-8)
+    local = ni.loss_decay_rates(params, x, y, x_eval, y_eval, layers=("W1", "b1"), n_classes=3)
+    assert bool((local != rate).all())
+    # the NIN's pull changes the rate, and only through the expanded training loss
+    pulled = ni.loss_decay_rates(params, x, y, x_eval, y_eval, sigma_eps=3.0, n_classes=3)
+    assert bool((pulled != rate).all())
+    first = ni.loss_decay_rates(params, x, y, x_eval, y_eval, sigma_eps=3.0, layers=("W0", "b0"),
+                                n_classes=3)
+    torch.testing.assert_close(first, ni.loss_decay_rates(params, x, y, x_eval, y_eval,
+                                                          layers=("W0", "b0"), n_classes=3))
+
+
+def test_full_batch_descent_takes_gradient_steps(device):
+    params, x, y, _ = _small_network(device)
+    losses = ni.full_batch_descent(params, x, y, x[:50], y[:50], eta=0.1, n_steps=2, n_classes=3)
+    assert losses.shape == (3, 2)
+    hot = torch.nn.functional.one_hot(y, 3).to(F64)
+    zeros = torch.zeros(2, 300, device=device, dtype=F64)
+    grads = ni.nin_mlp_gradients(params, x.expand(2, -1, -1).contiguous(),
+                                 hot.expand(2, -1, -1).contiguous(), zeros)
+    one = {k: v - 0.1 * grads[k] for k, v in params.items()}
+    expected = ni.nin_mlp_loss(one, x[:50].expand(2, -1, -1), hot[:50].expand(2, -1, -1), zeros[:, :50])
+    torch.testing.assert_close(losses[1], expected)
+
+
+def test_mean_decay_rate_of_exponentials(device):
+    t = torch.arange(11, dtype=F64).reshape(-1, 1, 1)
+    values = torch.exp(-0.02 * torch.tensor([1.0, 3.0], dtype=F64).reshape(1, 2, 1) * t).expand(11, 2, 5)
+    rate, se = ni.mean_decay_rate(values, 4, 0.02)
+    torch.testing.assert_close(rate, torch.tensor([1.0, 3.0], dtype=F64))
+    assert float(se.max()) < 1e-12
+    # the standard error matches the spread of rates fitted replica by replica
+    g = make_generator(31, device="cpu")
+    noisy = torch.exp(-0.1 * torch.arange(5, dtype=F64)).reshape(-1, 1) * (
+        1 + 0.01 * torch.randn(5, 4000, generator=g, dtype=F64))
+    rate, se = ni.mean_decay_rate(noisy, 4, 0.1)
+    singles = ni.initial_decay_rate(noisy.log(), 4, 0.1)
+    assert abs(float(se) / float(singles.std() / math.sqrt(4000)) - 1) < 0.1
+    with pytest.raises(ValueError, match="records"):
+        ni.mean_decay_rate(noisy[:3], 4, 0.1)
+
+
+def test_replica_runs_fixed_nin_and_final_state(device):
+    g = make_generator(32, device=device)
+    x = torch.randn(40, 5, generator=g, device=device, dtype=F64)
+    y = torch.randint(3, (40,), generator=g, device=device)
+    net = ni.init_nin_mlp(1, 5, 4, 3, generator=g, device=device)
+    runs = {nin: ni.train_nin_mlp_replicas(net, [0.0, 1.0], 3, x, y, x[:10], y[:10], eta=0.1,
+                                           batch_size=8, n_steps=6, record=2, n_classes=3, nin=nin,
+                                           generator=make_generator(33, device=device))
+            for nin in ni.NIN_MODES}
+    fixed, fresh = runs["fixed"], runs["rerandomized"]
+    assert fixed["nin_along"].shape == (4, 6) and fixed["final"]["W0"].shape == (6, 5, 4)
+    np.testing.assert_allclose(fixed["nin_along"][0], np.full(6, float(net["w_ni"].norm())))
+    # with sigma = 0 the NIW never moves, whatever the mode
+    np.testing.assert_allclose(fixed["nin_norm"][:, :3], fresh["nin_norm"][:, :3], rtol=1e-12)
+    quiet = ni.train_nin_mlp_replicas(net, [1.0], 2, x, y, x[:10], y[:10], eta=0.1, batch_size=8,
+                                      n_steps=2, n_classes=3, record_losses=False)
+    assert set(quiet) == {"nin_norm", "nin_along", "steps", "diverged", "final"}
+    with pytest.raises(ValueError, match="nin"):
+        ni.train_nin_mlp(ni.replicate_nin_mlp(net, 2), x, y, x, y, torch.zeros(2, device=device),
+                         eta=0.1, batch_size=4, n_steps=1, nin="sometimes")
+    with pytest.raises(ValueError, match="replicate one"):
+        ni.replicate_nin_mlp(ni.replicate_nin_mlp(net, 2), 3)
+
+
+def test_digits_sweep_records_both_curvatures():
+    digits = ni.standardized_digits(make_generator(34, device="cpu"), dtype=torch.float32)
+    x_tr = digits[0]
+    assert x_tr.shape[1] == 64 and float(x_tr.mean(0).abs().max()) < 1e-5
+    history, sigma, b_ni, lam = ni.nin_mlp_sweep([0.1, 5.0], *digits, loss="mse", eta=0.03,
+                                                 n_steps=3, nin_scale=0.1, replicas=2,
+                                                 generators=(make_generator(35), make_generator(36)))
+    np.testing.assert_allclose(sigma, [0.1, 0.1, 5.0, 5.0], rtol=1e-6)
+    assert b_ni.shape == lam.shape == (4,)
+    assert (lam >= b_ni).all() and history["test_loss"].shape[1] == 4

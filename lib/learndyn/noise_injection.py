@@ -30,10 +30,11 @@ import torch
 from .backend import (
     as_tensor,
     check_count,
+    check_nonnegative,
     check_positive,
     make_generator,
+    placement,
     resolve_device,
-    resolve_dtype,
 )
 from .checks import CheckFailed
 from .ensemble import EnsembleResult, run_ensemble
@@ -103,7 +104,7 @@ def sample_batch_moments(shape, batch_size, sigma_x, sigma_eps, generator=None, 
     ``shape``.
     Returns ``(x2, xe, e2)`` of shape ``shape``: the law of :func:`batch_moments` of the samples.
     """
-    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    device, dtype = placement(device, dtype, shape, batch_size, sigma_x, sigma_eps, generator)
     check_count(batch_size, "batch_size")
     check_positive(sigma_x, "sigma_x")
     sigma_eps = _nonnegative(sigma_eps, "sigma_eps", device, dtype)
@@ -215,6 +216,21 @@ def decay_time_scales(w0, w1, sigma_x, sigma_eps, *, device=None, dtype=None):
     sigma_x = check_positive(sigma_x, "sigma_x")
     sigma_eps = _nonnegative(sigma_eps, "sigma_eps", w0.device, w0.dtype)
     return 1.0 / (sigma_eps**2 * w1 * w1), 1.0 / (2 * sigma_x**2 * (w0 * w0 + w1 * w1))
+
+
+def divergence_onset(w1, wn, eta, *, device=None, dtype=None):
+    """The noise strength above which the noise-dominated map diverges, :eq:`ni-divergence-onset`.
+
+    The map :eq:`ni-noise-map` is gradient descent with unit step on ``(a/2) w1^2 wn^2``,
+    ``a = eta sigma_eps^2``; with ``u = a w1^2``, ``v = a wn^2`` the sum ``S = u + v`` obeys
+    ``S' - 4 = (S - 4)(1 + u v)``, so the map diverges if and only if ``S_0 > 4``:
+    ``sigma_onset = 2 / sqrt(eta (w1^2 + wn^2))``, which tends to ``sqrt(2) sigma_cat`` as
+    ``wn / w1 -> 0``.
+    """
+    w1 = as_tensor(w1, "w1", device=device, dtype=dtype)
+    wn = as_tensor(wn, "wn", device=device, dtype=dtype)
+    eta = check_positive(eta, "eta")
+    return 2 / torch.sqrt(eta * (w1 * w1 + wn * wn))
 
 
 def noise_dominated_divergence(w1, wn, eta, sigma_eps, *, n_steps=200, bound=1e6, device=None,
@@ -332,7 +348,8 @@ def predicted_phase(initial, sigma_eps, n_steps, *, eta, batch_size, sigma_x=1.0
     Catapult (or worse) if ``sigma_eps`` exceeds the linear-stability threshold ``catapult``
     (default: ``sigma_cat`` of :func:`phase_thresholds`); divergent if the averaged map
     (:func:`mean_map_trajectory`) escapes the ball ``bound`` within ``n_steps`` (or, when a
-    threshold ``divergent`` is given, if ``sigma_eps`` exceeds it); decay if that map shrinks the
+    threshold ``divergent`` is given, such as :func:`divergence_onset`, if ``sigma_eps`` exceeds it,
+    with a band like the catapult's, without its growth margin); decay if that map shrinks the
     NIW by ``decay`` within ``n_steps``. The bands are ``z`` standard deviations of the sources of
     spread: the fluctuation ``s = sqrt(2/B)`` of ``<eps^2>`` (``z s`` in ``sigma_eps^2``), the margin
     ``growth - 1`` of the catapult criterion, twice the first step's relative change ``|C/w1|`` of
@@ -369,7 +386,7 @@ def predicted_phase(initial, sigma_eps, n_steps, *, eta, batch_size, sigma_x=1.0
         divergent_band = escaped[1 - z * spread] != escaped[1 + z * spread]
     else:
         diverges = sigma_eps > divergent
-        divergent_band = torch.zeros_like(diverges)
+        divergent_band = ((sigma_eps / divergent) ** 2 - 1).abs() < z * spread + 2 * (coeff["C"] / w1).abs()
     phase = torch.where(diverges, 3, torch.where(relative > 0, 2, torch.where(decayed, 1, 0)))
     band = divergent_band | (catapult_band & ~diverges) | (decay_band & (relative <= 0) & ~diverges)
     return PhasePrediction(phase.cpu(), band.cpu(), th)
@@ -427,7 +444,7 @@ def run_toy_sgd(initial, eta, sigma_eps, n_steps, *, sigma_x=1.0, batch_size=32,
     Records ``w0``, ``w1``, ``wn`` and the noise-free loss ``loss`` on the schedule ``record``;
     replicas whose weights leave the ball of radius ``bound`` are flagged as diverged and frozen.
     """
-    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    device, dtype = placement(device, dtype, initial, eta, sigma_eps, n_steps)
     if moments not in MOMENT_MODES:
         raise ValueError(f"moments={moments!r} must be one of {MOMENT_MODES}")
     if nin not in NIN_MODES:
@@ -509,7 +526,7 @@ def init_nin_mlp(n_models, d_in, width, d_out, *, nin_scale=1.0, generator=None,
     d_out)``), zero biases, and the NIN weights ``w_ni ~ N(0, nin_scale^2 / width)`` (shape
     ``(n, width)``).
     """
-    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    device, dtype = placement(device, dtype, n_models, d_in, width, d_out)
     for value, name in ((n_models, "n_models"), (d_in, "d_in"), (width, "width"), (d_out, "d_out")):
         check_count(value, name)
     nin_scale = check_positive(nin_scale, "nin_scale")
@@ -578,15 +595,16 @@ def nin_mlp_gradients(params, x, y_onehot, eps, loss: str = "mse"):
 
 
 def nin_noise_hessian_rates(params, x, loss: str = "mse"):
-    """Linear-stability rates of the noise-dominated NIN dynamics in the network,
-    :eq:`ni-mlp-rates`.
+    """Curvatures of the noise-dominated NIN dynamics in the network, :eq:`ni-mlp-rates`.
 
     Returns ``(b_ni, b_next)`` per model: ``b_ni = <v^T H v>`` with ``v = W1^T D u`` for the unit
     vector ``u = w_ni/|w_ni|`` (the local Hessian along the NIN weights, the analogue of ``B~/eta``),
     and ``b_next = <|D w_ni|^2>`` (the curvature the noise adds to the next layer, the analogue of
     ``B/eta``), with ``D`` the ReLU mask at ``eps = 0`` and ``H`` the Hessian of the loss in the
     outputs (``I`` for ``"mse"``, ``diag(p) - p p^T`` with ``p = softmax(f)`` for
-    ``"cross_entropy"``), averaged over the inputs ``x``.
+    ``"cross_entropy"``), averaged over the inputs ``x``. ``b_ni`` is the slope of the NIW's decay
+    at ``t = 0``; its stability limit is set by the largest eigenvalue of the NIW Hessian instead
+    (:func:`nin_curvature_spectrum`), several times larger.
     """
     _check_loss(loss)
     with torch.no_grad():
@@ -604,19 +622,186 @@ def nin_noise_hessian_rates(params, x, loss: str = "mse"):
     return b_ni, b_next
 
 
+def nin_curvature_spectrum(params, x, loss: str = "mse"):
+    """Eigenvalues (ascending, shape ``(n_models, width)``) and eigenvectors (columns) of the NIW
+    Hessian ``K = <D W1 H W1^T D>_x`` of :eq:`ni-mlp-spectral`.
+
+    ``D`` is the ReLU mask at ``eps = 0`` and ``H`` the output Hessian of the loss (as in
+    :func:`nin_noise_hessian_rates`); ``sigma_eps^2 K`` is the Hessian of the expanded loss
+    :eq:`ni-loss-expansion` in ``w_ni``. Its largest eigenvalue sets the NIW's stability limit
+    ``eta sigma_eps^2 lambda_max < 2``; ``u^T K u`` along the NIW's direction ``u`` is ``b_NI``.
+    The eigen-decomposition is done in float64.
+    """
+    _check_loss(loss)
+    with torch.no_grad():
+        z = torch.matmul(x, params["W0"]) + params["b0"]
+        mask = (z > 0).to(torch.float64)                          # (n, N, width)
+        w1 = params["W1"].to(torch.float64)
+        if loss == "mse":                                          # H = I: (W1 W1^T) o <D D^T>
+            curvature = torch.bmm(w1, w1.transpose(1, 2)) * torch.bmm(mask.transpose(1, 2), mask)
+        else:
+            # J[n, i, j, k] = D_ij W1_jk, the output's derivative along NIW component j, input i
+            jac = mask.unsqueeze(-1) * w1.unsqueeze(1)
+            p = torch.softmax(torch.bmm(torch.relu(z), params["W1"]) + params["b1"], -1)
+            p = p.to(torch.float64).unsqueeze(2)                  # (n, N, 1, d_out)
+            hj = p * jac - p * (p * jac).sum(-1, keepdim=True)
+            curvature = torch.einsum("nijk,nilk->njl", jac, hj)
+        return torch.linalg.eigh(curvature / x.shape[-2])
+
+
+def spectral_niw_decay(eigenvalues, eigenvectors, direction, rate, steps):
+    """``u^T (1 - rate K)^t u`` for ``t`` in ``steps``: the NIW's component along its initial
+    direction ``u`` under the frozen noise map, :eq:`ni-mlp-spectral`, a sum of exponentials.
+
+    ``eigenvalues`` ``(n, width)`` and ``eigenvectors`` ``(n, width, width)`` from
+    :func:`nin_curvature_spectrum`, ``direction`` ``(n, width)`` (normalised here), ``rate`` the
+    factor ``eta sigma_eps^2`` per model ``(n,)``. Returns ``(len(steps), n)``.
+    """
+    u = torch.as_tensor(direction, dtype=torch.float64, device=eigenvalues.device)
+    u = u / u.norm(dim=-1, keepdim=True)
+    weight = torch.einsum("nwk,nw->nk", eigenvectors, u).square()          # c_k^2
+    factor = 1 - torch.as_tensor(rate, dtype=torch.float64, device=u.device).reshape(-1, 1) * eigenvalues
+    t = torch.as_tensor(np.asarray(steps), dtype=torch.float64, device=u.device).reshape(-1, 1, 1)
+    return (weight * factor.unsqueeze(0) ** t).sum(-1)
+
+
+def loss_decay_rates(params, x_train, y_train, x_eval, y_eval, *, sigma_eps=0.0, loss: str = "mse",
+                     layers=("W0", "b0", "W1", "b1"), n_classes=10):
+    """The initial decay rate of a loss under SGD on the training loss, Eq. 8 of the paper
+    (:eq:`ni-eq8`): ``delta L_A = -eta grad L_A . grad L_train``, so the rate per unit of
+    ``eta * steps`` is ``grad L_A . grad L_train / L_A`` (``|grad L|^2 / L`` for ``A = train``).
+
+    ``(x_eval, y_eval)`` is the set ``A`` the loss ``L_A`` (at ``eps = 0``) is read on; the dot
+    product runs over the parameter blocks in ``layers`` (leave out ``"W0"``, ``"b0"`` for the part
+    the NIN's own layer does not see). With ``sigma_eps > 0`` (a number or one per model) the
+    training gradient is that of the expanded loss :eq:`ni-loss-expansion` averaged over the
+    noise, ``L_train + sigma^2/2 <v^T H v>`` with ``v = W1^T D w_ni``: the NIN's pull on the data
+    weights. Gradients by autograd (ReLU masks held fixed). Returns ``(n_models,)``.
+    """
+    _check_loss(loss)
+    n_models = params["W0"].shape[0]
+    sigma_eps = torch.as_tensor(sigma_eps, dtype=params["W0"].dtype, device=params["W0"].device)
+    p = {k: v.detach().clone().requires_grad_(k in layers) for k, v in params.items()}
+    data = [p[k] for k in layers]
+
+    def batch(x, y):
+        hot = torch.nn.functional.one_hot(y, n_classes).to(x.dtype).expand(n_models, -1, -1)
+        return x.expand(n_models, -1, -1), hot, torch.zeros(n_models, x.shape[0], device=x.device,
+                                                            dtype=x.dtype)
+
+    with torch.enable_grad():
+        x_a, hot_a, zeros_a = batch(x_eval, y_eval)
+        value = nin_mlp_loss(p, x_a, hot_a, zeros_a, loss)
+        g_eval = torch.autograd.grad(value.sum(), data)
+        x_t, hot_t, zeros_t = batch(x_train, y_train)
+        expanded = nin_mlp_loss(p, x_t, hot_t, zeros_t, loss)
+        if bool((sigma_eps != 0).any()):
+            z = torch.matmul(x_t, p["W0"]) + p["b0"]
+            v = torch.bmm((z > 0).to(z.dtype) * p["w_ni"].unsqueeze(1), p["W1"])
+            if loss == "mse":
+                curvature = v.square().sum(-1)
+            else:
+                prob = torch.softmax(torch.bmm(torch.relu(z), p["W1"]) + p["b1"], -1)
+                curvature = (prob * v.square()).sum(-1) - (prob * v).sum(-1).square()
+            expanded = expanded + 0.5 * sigma_eps**2 * curvature.mean(-1)
+        g_train = torch.autograd.grad(expanded.sum(), data)
+    overlap = sum((a * b).flatten(1).sum(-1) for a, b in zip(g_eval, g_train, strict=True))
+    return (overlap / value).detach()
+
+
+def nin_kink_curvature(params, x, y, sigma_eps, *, loss: str = "mse", n_classes=10):
+    """The part of the NIW Hessian that the ReLU's kink adds, :eq:`ni-mlp-kink`: per unit ``j``,
+    ``kappa_j = < phi(z_j / s_j) / s_j * (W1 grad_f l)_j >_x`` with ``s_j = sigma_eps |w_ni,j|``.
+
+    ``relu'' = delta`` puts ``delta(z_j) (W1 grad_f l)_j`` on the diagonal of the Hessian in the
+    pre-activations; averaged over the noise it is smeared by the Gaussian of width ``s_j`` (the
+    exact first-order mean of the NIW gradient). ``y`` are integer labels, ``sigma_eps`` a number
+    or one per model. The full NIW Hessian is ``K + diag(kappa)`` (``K`` of
+    :func:`nin_curvature_spectrum`). Returns ``(n_models, width)``.
+    """
+    _check_loss(loss)
+    with torch.no_grad():
+        z = torch.matmul(x, params["W0"]) + params["b0"]                      # (n, N, width)
+        out = torch.bmm(torch.relu(z), params["W1"]) + params["b1"]
+        hot = torch.nn.functional.one_hot(y, n_classes).to(out.dtype)
+        residual = (out if loss == "mse" else torch.softmax(out, -1)) - hot
+        back = torch.bmm(residual, params["W1"].transpose(1, 2))               # (W1 grad_f l)_j
+        sigma = torch.as_tensor(sigma_eps, dtype=z.dtype, device=z.device).reshape(-1, 1, 1)
+        width = (sigma * params["w_ni"].abs().unsqueeze(1)).clamp_min(torch.finfo(z.dtype).tiny)
+        density = torch.exp(-0.5 * (z / width) ** 2) / (math.sqrt(2 * math.pi) * width)
+        return (density * back).mean(-2)
+
+
+def full_batch_descent(params, x_train, y_train, x_eval, y_eval, *, eta, n_steps, loss: str = "mse",
+                       n_classes=10):
+    """Losses on ``(x_eval, y_eval)`` along full-batch gradient descent on the training loss at
+    ``eps = 0``: the averaged update of SGD without the NIN, whose loss rate tends to Eq. 8
+    (:eq:`ni-eq8`) as ``eta -> 0``. Returns ``(n_steps + 1, n_models)``."""
+    eta = check_positive(eta, "eta")
+    check_count(n_steps, "n_steps")
+    n_models = params["W0"].shape[0]
+
+    def batch(x, y):
+        hot = torch.nn.functional.one_hot(y, n_classes).to(x.dtype).expand(n_models, -1, -1)
+        zeros = torch.zeros(n_models, x.shape[0], device=x.device, dtype=x.dtype)
+        return x.expand(n_models, -1, -1).contiguous(), hot.contiguous(), zeros
+
+    train, evaluation = batch(x_train, y_train), batch(x_eval, y_eval)
+    current = {k: v.clone() for k, v in params.items()}
+    losses = []
+    with torch.no_grad():
+        for step in range(n_steps + 1):
+            losses.append(nin_mlp_loss(current, *evaluation, loss))
+            if step < n_steps:
+                grads = nin_mlp_gradients(current, *train, loss)
+                current = {k: v - eta * grads[k] for k, v in current.items()}
+    return torch.stack(losses)
+
+
+def mean_decay_rate(values, n_fit, eta):
+    """Initial decay rate of the replica mean of ``values`` and its standard error.
+
+    ``values`` has time along the first axis (one record a step) and replicas along the last;
+    the rate is :func:`initial_decay_rate` of ``log(mean)`` (the mean of the logs would add a
+    Jensen term), and its standard error comes from the rate's linearisation in each replica's
+    values, ``rate = sum_t a_t log m_t``, so ``se = std_r(sum_t a_t v_tr / m_t) / sqrt(R)``.
+    Implements the measurement of :eq:`ni-mlp-spectral`. Returns ``(rate, se)``, the shape of
+    ``values`` without its first and last axes.
+    """
+    values = torch.as_tensor(values, dtype=torch.float64)
+    check_count(n_fit, "n_fit", minimum=2)
+    eta = check_positive(eta, "eta")
+    if values.shape[0] < n_fit + 1 or values.shape[-1] < 2:
+        raise ValueError(f"values has shape {tuple(values.shape)}; need {n_fit + 1} records and 2 replicas")
+    window = values[: n_fit + 1]
+    mean = window.mean(-1)
+    steps = torch.arange(n_fit + 1, dtype=torch.float64)
+    design = torch.stack([torch.ones_like(steps), steps, steps**2], 1)
+    slope_weights = torch.linalg.pinv(design)[1]                  # slope = a @ log(mean)
+    shape = (-1,) + (1,) * (mean.dim() - 1)
+    rate = -(slope_weights.reshape(shape) * mean.log()).sum(0) / eta
+    influence = -(slope_weights.reshape(shape + (1,)) * window / mean.unsqueeze(-1)).sum(0) / eta
+    return rate, influence.std(-1) / math.sqrt(values.shape[-1])
+
+
 def train_nin_mlp(params, x_train, y_train, x_test, y_test, sigma_eps, *, eta, batch_size,
                   n_steps, record=50, n_classes=10, loss: str = "mse", monitor=None, bound=1e8,
-                  generator=None):
+                  nin="rerandomized", record_losses=True, generator=None):
     """Train every model in ``params`` by plain SGD with its own noise strength, in one batched run.
 
     ``sigma_eps`` has one entry per model (shape ``(n_models,)``): replicas and noise strengths
     share the leading model axis. Each model draws its own minibatches and its own NIN values. The
     losses are evaluated with ``eps = 0`` (the network as used) on ``x_test`` and on the first
     ``monitor`` training samples (all of them by default); ``loss`` is ``"mse"`` or
-    ``"cross_entropy"``, as in :func:`nin_mlp_loss`.
-    Returns a dict of numpy arrays over the record steps: ``steps``, ``nin_norm``, ``next_norm``
+    ``"cross_entropy"``, as in :func:`nin_mlp_loss`. ``nin="fixed"`` draws one ``eps`` per model
+    and training sample before training and reuses it at every visit (the fixed NIN of Fig. 1,
+    centre); ``"rerandomized"`` (default) draws it afresh at every step. ``record_losses=False``
+    records the two NIW observables only (a cheaper run).
+    Returns a dict of numpy arrays over the record steps: ``steps``, ``nin_norm``, ``nin_along``
+    (the NIW's component along its initial direction, :eq:`ni-mlp-spectral`), ``next_norm``
     (Frobenius norm of ``W1``), ``train_loss``, ``test_loss``, ``test_accuracy``, and ``diverged``
-    (per model, bool; a diverged model is frozen at its last good state).
+    (per model, bool; a diverged model is frozen at its last good state); ``final`` holds the
+    parameters at the end (torch tensors, the keys of ``params``).
     """
     n_models = params["W0"].shape[0]
     device, dtype = params["W0"].device, params["W0"].dtype
@@ -630,6 +815,8 @@ def train_nin_mlp(params, x_train, y_train, x_test, y_test, sigma_eps, *, eta, b
     if x_train.shape[0] != y_train.shape[0] or x_test.shape[0] != y_test.shape[0]:
         raise ValueError(f"x_train/y_train have {x_train.shape[0]}/{y_train.shape[0]} rows and "
                          f"x_test/y_test {x_test.shape[0]}/{y_test.shape[0]}")
+    if nin not in NIN_MODES:
+        raise ValueError(f"nin={nin!r} must be one of {NIN_MODES}")
     generator = make_generator(device=device) if generator is None else generator
     y_train_hot = torch.nn.functional.one_hot(y_train, n_classes).to(dtype)
     y_test_hot = torch.nn.functional.one_hot(y_test, n_classes).to(dtype)
@@ -639,19 +826,30 @@ def train_nin_mlp(params, x_train, y_train, x_test, y_test, sigma_eps, *, eta, b
     monitor = n_train if monitor is None else min(check_count(monitor, "monitor"), n_train)
     no_noise = {n: torch.zeros(n_models, n, device=device, dtype=dtype)
                 for n in (monitor, x_test.shape[0])}
+    direction = params["w_ni"] / params["w_ni"].norm(dim=-1, keepdim=True)
+    fixed_eps = None
+    if nin == "fixed":
+        fixed_eps = sigma_eps.unsqueeze(1) * torch.randn(n_models, n_train, generator=generator,
+                                                         device=device, dtype=dtype)
 
     def step(current, gen):
         p = dict(zip(names, current, strict=True))
         index = torch.randint(n_train, (n_models, batch_size), generator=gen, device=device)
-        eps = sigma_eps.unsqueeze(1) * torch.randn(n_models, batch_size, generator=gen,
-                                                   device=device, dtype=dtype)
+        if fixed_eps is None:
+            eps = sigma_eps.unsqueeze(1) * torch.randn(n_models, batch_size, generator=gen,
+                                                       device=device, dtype=dtype)
+        else:
+            eps = fixed_eps.gather(1, index)
         grads = nin_mlp_gradients(p, x_train[index], y_train_hot[index], eps, loss)
         return tuple(p[k] - eta * grads[k] for k in names)
 
     def observe(current):
         p = dict(zip(names, current, strict=True))
+        if not record_losses:
+            return {"nin_norm": p["w_ni"].norm(dim=-1), "nin_along": (p["w_ni"] * direction).sum(-1)}
         out = nin_mlp_forward(p, x_test, no_noise[x_test.shape[0]])
-        return {"nin_norm": p["w_ni"].norm(dim=-1), "next_norm": p["W1"].flatten(1).norm(dim=-1),
+        return {"nin_norm": p["w_ni"].norm(dim=-1), "nin_along": (p["w_ni"] * direction).sum(-1),
+                "next_norm": p["W1"].flatten(1).norm(dim=-1),
                 "train_loss": nin_mlp_loss(p, x_train[:monitor], y_train_hot[:monitor],
                                            no_noise[monitor], loss),
                 "test_loss": nin_mlp_loss(p, x_test, y_test_hot, no_noise[x_test.shape[0]], loss),
@@ -662,7 +860,67 @@ def train_nin_mlp(params, x_train, y_train, x_test, y_test, sigma_eps, *, eta, b
     history = {name: value.cpu().numpy() for name, value in result.records.items()}
     history["steps"] = result.steps
     history["diverged"] = result.diverged.cpu().numpy()
+    history["final"] = dict(zip(names, result.state, strict=True))
     return history
+
+
+def standardized_digits(generator=None, *, test_fraction=0.25, device=None, dtype=None):
+    """scikit-learn's 8x8 digits split into ``(x_train, y_train, x_test, y_test)`` by ``generator``
+    and standardised with the training set's pixel means and overall spread: the data of
+    :eq:`ni-mlp` (the offline stand-in for the paper's Fashion-MNIST)."""
+    from .data import load_digits, train_test_split
+
+    x_all, y_all = load_digits(device=device, dtype=dtype)
+    x_train, y_train, x_test, y_test = train_test_split(x_all, y_all, test_fraction,
+                                                        generator=generator)
+    mean, scale = x_train.mean(0), x_train.std()
+    return (x_train - mean) / scale, y_train, (x_test - mean) / scale, y_test
+
+
+def replicate_nin_mlp(params, n):
+    """``n`` copies of a single network (``params`` with a model axis of length 1), for replica
+    means of :eq:`ni-mlp-spectral`."""
+    if params["W0"].shape[0] != 1:
+        raise ValueError(f"params holds {params['W0'].shape[0]} networks; replicate one")
+    return {k: v.expand(check_count(n, "n"), *v.shape[1:]).contiguous() for k, v in params.items()}
+
+
+def train_nin_mlp_replicas(params, sigmas, replicas, x_train, y_train, x_test, y_test, **options):
+    """:func:`train_nin_mlp` on ``replicas`` copies of one network at each noise strength in
+    ``sigmas`` (models ordered by noise strength, then replica): the replica ensembles of check 7
+    of :doc:`/book/noise_injection`, :eq:`ni-mlp-spectral` and :eq:`ni-eq8`. ``options`` go to
+    :func:`train_nin_mlp`."""
+    device, dtype = params["W0"].device, params["W0"].dtype
+    models = torch.as_tensor(sigmas, dtype=dtype, device=device).reshape(-1)
+    models = models.repeat_interleave(check_count(replicas, "replicas"))
+    return train_nin_mlp(replicate_nin_mlp(params, len(models)), x_train, y_train, x_test,
+                         y_test, models, **options)
+
+
+def nin_mlp_sweep(sigmas, x_train, y_train, x_test, y_test, *, loss: str, eta, n_steps, nin_scale,
+                  generators, replicas=3, width=32, batch_size=128, monitor=300):
+    """``replicas`` networks per noise strength in ``sigmas``, trained in one batched run by
+    :func:`train_nin_mlp` (the experiment of check 6 of :doc:`/book/noise_injection`).
+
+    ``generators = (init, run)``: the streams of the initial weights (:func:`init_nin_mlp`) and
+    of the training. Records every step up to 20, then every 20. Returns ``(history, sigma,
+    b_ni, lambda_max)``: the history, each model's noise strength, and its curvatures at
+    initialisation, ``b_NI`` of :eq:`ni-mlp-rates` and the largest eigenvalue of the NIW
+    Hessian, :eq:`ni-mlp-spectral` (numpy arrays).
+    """
+    device, dtype = x_train.device, x_train.dtype
+    models = torch.as_tensor(sigmas, dtype=dtype, device=device).repeat_interleave(replicas)
+    init, run = generators
+    params = init_nin_mlp(len(models), x_train.shape[1], width, int(y_train.max()) + 1,
+                          nin_scale=nin_scale, generator=init, device=device, dtype=dtype)
+    b_ni = nin_noise_hessian_rates(params, x_train, loss=loss)[0].cpu().numpy()
+    lam_max = nin_curvature_spectrum(params, x_train, loss=loss)[0][:, -1].cpu().numpy()
+    record = np.unique(np.concatenate([np.arange(min(21, n_steps + 1)),
+                                       np.arange(20, n_steps + 1, 20)]))
+    history = train_nin_mlp(params, x_train, y_train, x_test, y_test, models, eta=eta,
+                            batch_size=batch_size, n_steps=n_steps, record=record,
+                            monitor=monitor, loss=loss, generator=run)
+    return history, models.cpu().numpy(), b_ni, lam_max
 
 
 def classify_nin_mlp(history, *, decay_factor=math.e, growth=2.0, runaway=100.0):
@@ -770,16 +1028,17 @@ def plot_nin_mlp_phases(history, phase, b_ni, eta, sigmas, loss_name):
 
 
 def _nonnegative(value, name, device, dtype):
-    tensor = as_tensor(value, name, device=device, dtype=dtype)
-    if bool((tensor < 0).any()) or not bool(torch.isfinite(tensor).all()):
-        raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
-    return tensor
+    return check_nonnegative(value, name, device=device, dtype=dtype)
 
 
 __all__ = [
     "MLP_LOSSES", "MOMENT_MODES", "NIN_MODES", "PHASES", "PhasePrediction", "PhaseThresholds",
-    "assert_signatures", "batch_moments", "classify_nin_mlp", "decay_time_scales", "init_nin_mlp",
-    "initial_decay_rate", "mean_map_trajectory", "nin_mlp_signatures", "observed_phase",
+    "assert_signatures", "batch_moments", "classify_nin_mlp", "decay_time_scales", "divergence_onset",
+    "full_batch_descent", "init_nin_mlp", "initial_decay_rate", "loss_decay_rates", "mean_decay_rate",
+    "mean_map_trajectory", "nin_curvature_spectrum", "nin_kink_curvature", "nin_mlp_signatures",
+    "nin_mlp_sweep", "replicate_nin_mlp", "standardized_digits", "train_nin_mlp_replicas",
+    "observed_phase",
+    "spectral_niw_decay",
     "plot_nin_mlp_phases", "predicted_phase", "nin_mlp_forward", "nin_mlp_gradients", "nin_mlp_loss",
     "nin_noise_hessian_rates", "noise_dominated_divergence", "phase_thresholds",
     "reduced_batch_moments", "reduced_map_coefficients", "run_toy_sgd", "sample_batch_moments",
