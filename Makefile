@@ -11,6 +11,9 @@ LIB_HASH = $(shell cat $$(find lib -name '*.py' | sort) pyproject.toml | sha256s
 CACHE := _build/.jupyter_cache
 NOTEBOOKS := $(sort $(wildcard book/*.ipynb))
 NBVAL := $(BIN)/python -m pytest --nbval-lax --nbval-cell-timeout=300 -p no:cacheprovider
+# `make test` runs the unit tests and the notebooks in one pytest session spread over JOBS processes
+# (pytest-xdist; --dist loadfile keeps a notebook's cells, which share one kernel, in one process).
+JOBS ?= 2
 # `make seeds N=5 CHAPTERS="sgd_stochastic_process singular_limit"`; `make mutants CHAPTERS=...`
 N ?= 20
 CHAPTERS ?=
@@ -33,7 +36,10 @@ book: $(INSTALLED) cache-key
 	$(BIN)/jupyter-book build . --builder html
 	@echo "The book: $(CURDIR)/_build/html/index.html"
 
-test: $(INSTALLED) lint unit notebooks sphinx
+test: $(INSTALLED) lint cache-key
+	$(NBVAL) -n $(JOBS) --dist loadfile --nb-jupyter-cache=$(CACHE) tests --ignore=tests/browser \
+		$(NOTEBOOKS)
+	$(MAKE) sphinx
 
 # Notebook code is read in a column of 88 characters: ruff holds it to that width.
 lint: $(INSTALLED)
@@ -91,7 +97,9 @@ browser-test: $(INSTALLED)
 	@test -f _build/html/index.html || $(MAKE) book
 	$(BIN)/python -m pytest tests/browser -p no:cacheprovider
 
+# The hand-outs: every notebook without its solutions (prose and executed); scaffolds and checks stay.
 student: $(INSTALLED)
+	rm -rf student
 	$(BIN)/python -m learndyn.teaching book student
 	@echo "Hand-outs without solutions: $(CURDIR)/student/"
 

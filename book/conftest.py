@@ -18,7 +18,9 @@ the book shows the default seed on the default device.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import fcntl
 import json
 import os
 import platform
@@ -128,11 +130,27 @@ def _store_in_cache(runs: list[NotebookRun], folder: Path) -> None:
         cache.cache_notebook_bundle(bundle, check_validity=True, overwrite=True)
 
 
+@contextlib.contextmanager
+def _exclusive(path: Path):
+    """Hold an exclusive lock on ``path`` (pytest-xdist workers finish their sessions concurrently)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def pytest_sessionfinish(session, exitstatus):
     passed = [run for run in _runs.values() if _passed(run)]
     if not passed:
         return
-    TIMINGS.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(TIMINGS.with_suffix(".lock")):
+        _record_and_store(session, passed)
+
+
+def _record_and_store(session, passed: list[NotebookRun]) -> None:
     timings = json.loads(TIMINGS.read_text()) if TIMINGS.is_file() else {"seconds": {}}
     timings["seconds"].update({run.path.stem: round(run.seconds, 1) for run in passed})
     timings["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, CPU"

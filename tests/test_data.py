@@ -7,6 +7,8 @@ import torch
 from learndyn.backend import make_generator
 from learndyn.data import load_digits, load_idx_dataset, read_idx, train_test_split, write_idx
 
+CPU = torch.device("cpu")  # the split is tested on the CPU
+
 
 def write_small_mnist(folder, n=7, gz=True):
     rng = np.random.default_rng(0)
@@ -75,8 +77,8 @@ def test_digits_offline_and_filtered():
 def test_train_test_split_is_seeded_and_disjoint():
     x = torch.arange(40, dtype=torch.float64).reshape(20, 2)
     y = torch.arange(20)
-    a = train_test_split(x, y, 0.25, generator=make_generator(0))
-    b = train_test_split(x, y, 0.25, generator=make_generator(0))
+    a = train_test_split(x, y, 0.25, generator=make_generator(0, device=CPU))
+    b = train_test_split(x, y, 0.25, generator=make_generator(0, device=CPU))
     assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
     assert len(a[3]) == 5 and not set(a[1].tolist()) & set(a[3].tolist())
     with pytest.raises(ValueError, match="test_fraction"):

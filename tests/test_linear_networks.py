@@ -11,6 +11,7 @@ from learndyn import linear_networks as ln
 from learndyn.backend import make_generator
 
 DTYPE = torch.float64
+CPU = torch.device("cpu")  # CPU-only tests pin their generators; the rest take `device`
 
 
 @pytest.fixture
@@ -37,7 +38,7 @@ def random_data(n_samples, n_inputs, generator, noise=0.5):
 
 
 def test_solve_lyapunov_matches_scipy_and_solves_the_equation(device):
-    g = make_generator(1)
+    g = make_generator(1, device=CPU)
     hessian = random_spd(5, g, batch=(3,))
     root = torch.randn(3, 5, 2, generator=g, dtype=DTYPE)
     noise = root @ root.transpose(-1, -2)  # rank 2: semi-definite is allowed
@@ -51,7 +52,7 @@ def test_solve_lyapunov_matches_scipy_and_solves_the_equation(device):
 
 
 def test_solve_lyapunov_online_noise_gives_isotropic_covariance(device):
-    hessian = random_spd(4, make_generator(2))
+    hessian = random_spd(4, make_generator(2, device=CPU))
     covariance = ln.solve_lyapunov(hessian, 0.3 * hessian, 0.05, 2, device=device)
     expected = 0.05 * 0.3 / (2 * 2) * torch.eye(4, dtype=DTYPE)
     np.testing.assert_allclose(covariance.cpu().numpy(), expected.numpy(), atol=1e-15)
@@ -77,7 +78,7 @@ def test_solve_lyapunov_rejects_bad_input(hessian, noise, kwargs, name):
 
 
 def test_online_noise_covariance_against_monte_carlo():
-    g = make_generator(3)
+    g = make_generator(3, device=CPU)
     sigma = random_spd(3, g)
     w, teacher, noise_var = torch.randn(3, generator=g, dtype=DTYPE), torch.zeros(3), 0.4
     n = 400_000
@@ -92,7 +93,7 @@ def test_online_noise_covariance_against_monte_carlo():
 
 @pytest.mark.parametrize("replacement", [True, False])
 def test_empirical_noise_covariance_by_enumerating_minibatches(replacement):
-    g = make_generator(4)
+    g = make_generator(4, device=CPU)
     x, y = random_data(5, 2, g)
     w = torch.randn(2, generator=g, dtype=DTYPE)
     per_sample = x * (x @ w - y)[:, None]
@@ -105,13 +106,13 @@ def test_empirical_noise_covariance_by_enumerating_minibatches(replacement):
 
 
 def test_empirical_noise_covariance_vanishes_for_full_batch_without_replacement():
-    x, y = random_data(6, 2, make_generator(5))
+    x, y = random_data(6, 2, make_generator(5, device=CPU))
     noise = ln.empirical_noise_covariance(torch.zeros(2), x, y, batch_size=6, replacement=False)
     assert noise.abs().max() < 1e-15
 
 
 def test_noise_kernels_reject_bad_input():
-    x, y = random_data(6, 2, make_generator(6))
+    x, y = random_data(6, 2, make_generator(6, device=CPU))
     with pytest.raises(ValueError, match="label_noise_variance"):
         ln.online_noise_covariance(np.zeros(2), np.zeros(2), np.eye(2), -1.0)
     with pytest.raises(ValueError, match="input_covariance"):
@@ -127,7 +128,7 @@ def test_noise_kernels_reject_bad_input():
 
 
 def test_fourth_moment_operators():
-    g = make_generator(7)
+    g = make_generator(7, device=CPU)
     sigma, s = random_spd(3, g), random_spd(3, g)
     online = torch.einsum("ijpq,pq->ij", ln.online_fourth_moment(sigma), s)
     np.testing.assert_allclose(online.numpy(),
@@ -145,7 +146,7 @@ def test_fourth_moment_operators():
 @pytest.mark.parametrize("replacement", [True, False])
 def test_discrete_order_is_the_fixed_point_of_one_sgd_step(replacement):
     """One exact SGD step (all minibatches enumerated) maps the discrete solution to itself."""
-    g = make_generator(8)
+    g = make_generator(8, device=CPU)
     x, y = random_data(5, 2, g)
     eta, batch = 0.1, 2
     w_min, residuals = ln.least_squares_minimum(x, y)
@@ -166,7 +167,7 @@ def test_discrete_order_is_the_fixed_point_of_one_sgd_step(replacement):
 
 
 def test_orders_agree_to_leading_order_in_eta():
-    g = make_generator(9)
+    g = make_generator(9, device=CPU)
     sigma = random_spd(3, g)
     fourth = ln.online_fourth_moment(sigma)
     gaps = []
@@ -192,7 +193,7 @@ def test_stationary_covariance_rejects_bad_input():
 
 
 def test_probability_current_vanishes_iff_hessian_and_noise_commute(device):
-    g = make_generator(10)
+    g = make_generator(10, device=CPU)
     hessian = random_spd(3, g)
     balanced = ln.solve_lyapunov(hessian, hessian, 0.1, 1)
     omega = ln.probability_current_matrix(hessian, hessian, balanced, 0.1, 1, device=device)
@@ -213,7 +214,7 @@ def test_probability_current_vanishes_iff_hessian_and_noise_commute(device):
 
 
 def test_balanced_minimum_projector_and_mode_variances(device):
-    g = make_generator(11)
+    g = make_generator(11, device=CPU)
     u = torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=DTYPE))[0]
     v = torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=DTYPE))[0]
     s = torch.tensor([3.0, 1.2, 0.4], dtype=DTYPE)
@@ -255,7 +256,7 @@ def test_online_sgd_matches_exact_discrete_covariance(one_thread):
     sigma = torch.diag(torch.tensor([0.5, 1.0, 2.0], dtype=DTYPE))
     eta, batch = 0.1, 2
     moments = ln.online_single_layer_sgd(sigma, 0.25, eta, batch, 400, 1500, 200,
-                                         generator=make_generator(12))
+                                         generator=make_generator(12, device=CPU))
     mean, error = moments.covariance_estimate()
     theory = ln.stationary_covariance(sigma, 0.25 * sigma, eta, batch, order="discrete",
                                       fourth_moment=ln.online_fourth_moment(sigma))
@@ -264,11 +265,11 @@ def test_online_sgd_matches_exact_discrete_covariance(one_thread):
 
 
 def test_finite_data_sgd_without_replacement_matches_exact_discrete_covariance(one_thread):
-    g = make_generator(13)
+    g = make_generator(13, device=CPU)
     x, y = random_data(12, 3, g)
     eta, batch = 0.05, 3
     moments = ln.finite_data_single_layer_sgd(x, y, eta, batch, 400, 2000, 400,
-                                              replacement=False, generator=make_generator(14))
+                                              replacement=False, generator=make_generator(14, device=CPU))
     mean, error = moments.covariance_estimate()
     w_min, _ = ln.least_squares_minimum(x, y)
     noise = ln.empirical_noise_covariance(w_min, x, y, batch_size=batch, replacement=False)
@@ -282,7 +283,7 @@ def test_two_layer_sgd_changes_q_at_second_order_and_records_observables(one_thr
     w1, w2, _, _, _ = ln.balanced_minimum(torch.diag(torch.tensor([2.0, 0.5], dtype=DTYPE)))
     moments = ln.two_layer_sgd(w1, w2, w2 @ w1, 0.25, 0.01, 1, 8, 100, 10,
                                observe=lambda s: {"q": ln.q_matrix(*s)}, record=[0, 50, 100],
-                               generator=make_generator(15))
+                               generator=make_generator(15, device=CPU))
     assert moments.records["q"].shape == (3, 8, 2, 2)
     assert moments.second_moment.shape == (8, 8, 8)
     # Q changes only at second order in eta (Eq. ln-q-identity)
@@ -326,7 +327,7 @@ def test_random_data_sets_and_hessian_and_noise_match_the_single_set_kernels(dev
 
 
 def test_leverage_noise_covariance_is_the_label_noise_average_of_d():
-    g = make_generator(21)
+    g = make_generator(21, device=CPU)
     x = torch.randn(8, 3, generator=g, dtype=DTYPE)
     labels = 0.5 * torch.randn(200_000, 8, generator=g, dtype=DTYPE)
     _, noise = ln.hessian_and_noise(x.expand(200_000, -1, -1), labels)
@@ -341,7 +342,7 @@ def test_spectral_and_axis_statistics():
     hessian = torch.diag(torch.tensor([1.0, 2.0, 4.0], dtype=DTYPE))
     commutator, distance = ln.spectral_statistics(hessian, 0.3 * hessian)
     assert commutator.item() < 1e-15 and distance.item() < 1e-15
-    rotation = torch.linalg.qr(torch.randn(3, 3, generator=make_generator(22), dtype=DTYPE))[0]
+    rotation = torch.linalg.qr(torch.randn(3, 3, generator=make_generator(22, device=CPU), dtype=DTYPE))[0]
     commutator, distance = ln.spectral_statistics(hessian, rotation @ hessian @ rotation.T)
     assert commutator.item() > 0.1 and distance.item() < 1e-12  # same spectrum, other axes
     gibbs = ln.fluctuation_axis_statistics(hessian, torch.linalg.inv(hessian))
@@ -386,7 +387,7 @@ def test_flatness_exponent_and_jackknife_error():
     np.testing.assert_allclose(ln.flatness_exponent(batch, flatness).numpy(), [0.5, -1.0])
     with pytest.raises(ValueError, match="positive"):
         ln.flatness_exponent(-flatness, flatness)
-    samples = torch.randn(400, generator=make_generator(23), dtype=DTYPE)
+    samples = torch.randn(400, generator=make_generator(23, device=CPU), dtype=DTYPE)
     jack = ln.jackknife_error(samples, lambda m: m, n_groups=20)
     # for the mean the jackknife is exactly the standard error of the 20 group means
     group_means = samples.reshape(20, 20).mean(1)
@@ -402,7 +403,7 @@ def test_linearised_two_layer_twin_shares_samples_and_stays_close(one_thread):
     null[0] = 1.0
     runs = [ln.two_layer_sgd(w1, w2, w2 @ w1, 0.25, 0.01, 1, 64, 400, 100, linearised=lin,
                              observe=ln.null_space_msd(reference, null), record=[400],
-                             generator=make_generator(24)) for lin in (False, True)]
+                             generator=make_generator(24, device=CPU)) for lin in (False, True)]
     nonlinear, linear = (r.second_moment.mean(0) for r in runs)
     # common random numbers: the twin differs by the (small) nonlinearity, not by noise
     assert ((nonlinear - linear).abs().max() / nonlinear.abs().max()).item() < 0.05
@@ -438,7 +439,7 @@ def test_sme_order_has_the_reversed_denominator_and_trend(device):
 
 def test_noise_balancing_drift_against_one_sgd_step():
     """E dQ of one exact minibatch step at a realizable minimum, by Monte Carlo (Eq. ln-q-drift)."""
-    g = make_generator(31)
+    g = make_generator(31, device=CPU)
     teacher = torch.randn(2, 3, generator=g, dtype=DTYPE)
     w1, w2, _, _, _ = ln.balanced_minimum(teacher)
     # move along the manifold of minima, away from the balanced point
@@ -475,7 +476,7 @@ def test_balanced_q_flow_starts_at_the_drift_and_ends_noise_balanced():
 
 
 def test_jackknife_bias_and_error():
-    samples = 1.0 + torch.randn(10_000, 2, generator=make_generator(32), dtype=DTYPE)
+    samples = 1.0 + torch.randn(10_000, 2, generator=make_generator(32, device=CPU), dtype=DTYPE)
     value, error, bias = ln.jackknife_bias_and_error(samples, lambda m: m, n_groups=25)
     np.testing.assert_allclose(value.numpy(), samples.mean(0).numpy(), rtol=1e-14)
     assert bias.abs().max() < 1e-12  # a linear statistic has no bias

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .backend import as_tensor, resolve_device, resolve_dtype
+from .backend import as_tensor, placement, resolve_device
 
 _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
@@ -75,7 +75,7 @@ def load_idx_dataset(folder: str | Path, split: str = "train", *,
     images, labels = arrays
     if images.shape[0] != labels.shape[0]:
         raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels in {folder}")
-    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    device, dtype = placement(device, dtype, folder, split)
     x = torch.as_tensor(images.reshape(images.shape[0], -1) / 255.0, device=device, dtype=dtype)
     return x, torch.as_tensor(labels.astype(np.int64), device=device)
 
