@@ -12,7 +12,14 @@ def device(request):
 
 
 @pytest.fixture(autouse=True)
-def _book_environment(monkeypatch):
-    """Tests control the seed and device themselves, whatever the caller's environment says."""
+def _book_environment(request, monkeypatch):
+    """Tests control the seed and device themselves, whatever the caller's environment says.
+
+    A test that does not take ``device`` is a CPU-only test: its default device is pinned to the
+    CPU, so that on a GPU host it does not compute on CUDA what it compares with CPU values.
+    """
     monkeypatch.delenv("LEARNDYN_SEED", raising=False)
-    monkeypatch.delenv("LEARNDYN_DEVICE", raising=False)
+    if "device" in request.fixturenames:
+        monkeypatch.delenv("LEARNDYN_DEVICE", raising=False)
+    else:
+        monkeypatch.setenv("LEARNDYN_DEVICE", "cpu")

@@ -533,3 +533,50 @@ def test_relu_angle_is_exactly_zero_on_identical_inputs():
     value, derivative = ndk.gaussian_maps("relu", q[:, None], q[None, :], (x @ x.T) / 7)
     assert torch.equal(derivative.diagonal(), torch.full((5,), 0.5, dtype=torch.float64))
     torch.testing.assert_close(value.diagonal(), q / 2, rtol=1e-15, atol=0)
+
+
+def test_predictor_variance_from_prior_to_posterior(device):
+    x_train, x = random_inputs(3, 4, device), random_inputs(2, 4, device, seed=1)
+    physics = dict(activation="relu", depth=2, temperature=0.5, prior_variance=1.0, init_variance=2.0,
+                   device=device)
+    coarse, fine = (ndk.predictor_variance(x_train, x, torch.linspace(0.0, 24.0, n, device=device,
+                                                                     dtype=torch.float64), **physics)
+                    for n in (61, 121))
+    assert fine.shape == (121, 2)
+    prior, _ = ndk.static_kernels(x, x, weight_variance=2.0, activation="relu", depth=2, device=device)
+    torch.testing.assert_close(fine[0], prior.diagonal(), rtol=1e-12, atol=0)   # t = 0: the prior
+    inputs = torch.cat([x_train, x])
+    gp, _ = ndk.static_kernels(inputs, inputs, weight_variance=1.0, activation="relu", depth=2,
+                               device=device)
+    eye = torch.eye(3, device=device, dtype=torch.float64)
+    posterior = gp[3:, 3:].diagonal() - (gp[3:, :3] * torch.linalg.solve(gp[:3, :3] + 0.5 * eye,
+                                                                         gp[:3, 3:]).T).sum(1)
+    gap_coarse, gap_fine = ((v[-1] - posterior).abs().max() for v in (coarse, fine))
+    assert float(gap_fine) < 3e-2 * float(posterior.min())      # equilibrium: the NNGP posterior
+    assert 3.0 < float(gap_coarse / gap_fine) < 5.0             # second order in the step
+    assert bool((fine > 0).all())
+
+
+def test_predictor_variance_rejects_bad_grids(device):
+    x = random_inputs(2, 3, device)
+    with pytest.raises(ValueError, match="times"):
+        ndk.predictor_variance(x, x, torch.tensor([0.5, 1.0], device=device), temperature=0.1,
+                               prior_variance=1.0, init_variance=1.0, device=device)
+
+
+def test_two_width_runs_shapes_and_widths(device):
+    x_train, y, x_test = ndk.synthetic_task(4, 0.5, device=device)
+    generators = tuple(make_generator(seed, device=device) for seed in (1, 2, 3))
+    runs = ndk.two_width_runs(x_train, y, x_test, widths=([6, 5], [12, 10]), n_replicas=4,
+                              init_variance=1.0, n_steps=4, record=2, generators=generators,
+                              activation="erf", temperature=0.1, prior_variance=1.0, dt=0.05)
+    assert set(runs) == {"fine", "coarse", "wide"}
+    for run in runs.values():
+        assert run.train.shape == (3, 4, 4) and run.test.shape == (3, 4, 1)
+    assert [tuple(w.shape) for w in runs["fine"].state] == [(4, 6, 5), (4, 5, 6), (4, 5)]
+    assert [tuple(w.shape) for w in runs["wide"].state] == [(4, 12, 5), (4, 10, 12), (4, 10)]
+    torch.testing.assert_close(runs["fine"].train[0], runs["coarse"].train[0])   # same start
+    with pytest.raises(ValueError, match="widths"):
+        ndk.two_width_runs(x_train, y, x_test, widths=([6],), n_replicas=4, init_variance=1.0,
+                           n_steps=4, record=2, generators=generators, temperature=0.1,
+                           prior_variance=1.0, dt=0.05)

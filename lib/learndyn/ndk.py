@@ -38,8 +38,7 @@ from .backend import (
     check_count,
     check_positive,
     make_generator,
-    resolve_device,
-    resolve_dtype,
+    placement,
 )
 from .ensemble import every, run_ensemble
 
@@ -208,7 +207,7 @@ def two_time_kernels(x1, x2, t1, t2, *, activation: str = "relu", depth: int = 1
 
     Chapter 5 :eq:`ndk-prior-correlation`, :eq:`ndk-layer-map`, :eq:`ndk-recursion`.
     """
-    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    device, dtype = placement(device, dtype, x1, x2, t1, t2)
     x1, x2 = _inputs(x1, "x1", device, dtype), _inputs(x2, "x2", device, dtype)
     params = dict(temperature=temperature, prior_variance=prior_variance,
                   init_variance=init_variance, device=device, dtype=dtype)
@@ -234,7 +233,7 @@ def drift_kernels(x1, x2, t, s, *, freeze_time: float, activation: str = "relu",
     :func:`two_time_kernels` at (t_0, s). ``t`` and ``s`` broadcast to a shape S; results have shape
     S + (n1, n2) for ``x1`` (n1, N_0), ``x2`` (n2, N_0).
     """
-    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    device, dtype = placement(device, dtype, x1, x2, t, s)
     x1, x2 = _inputs(x1, "x1", device, dtype), _inputs(x2, "x2", device, dtype)
     params = dict(temperature=temperature, prior_variance=prior_variance,
                   init_variance=init_variance, device=device, dtype=dtype)
@@ -287,7 +286,7 @@ def static_kernels(x1, x2, *, weight_variance: float, activation: str = "relu", 
 
 def _static_arguments(x1, x2, weight_variance, activation, depth, device, dtype):
     """The validated inputs and weight variance shared by the static-kernel functions."""
-    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    device, dtype = placement(device, dtype, x1, x2)
     weight_variance = check_positive(weight_variance, "weight_variance")
     _check_activation(activation)
     check_count(depth, "depth")
@@ -370,6 +369,20 @@ def _check_grid(times, device, dtype):
     return times
 
 
+def _scalar_volterra(kernel: torch.Tensor, target: torch.Tensor, weights: torch.Tensor,
+                     steps: torch.Tensor) -> np.ndarray:
+    """The trapezoid recursion of :func:`solve_volterra` for one training point, on the host."""
+    kernel, weights, steps = (t.detach().cpu().numpy() for t in (kernel, weights, steps))
+    target = float(target)
+    values, residual = np.zeros(len(weights)), np.zeros(len(weights))
+    residual[0] = weights[0] * target
+    for i in range(1, len(weights)):
+        half_diagonal = 0.5 * steps[i - 1] * kernel[i, i]
+        values[i] = (kernel[i, :i] @ residual[:i] + half_diagonal * target) / (1.0 + half_diagonal)
+        residual[i] = weights[i] * (target - values[i])
+    return values
+
+
 def solve_volterra(kernel_train, targets, times, kernel_test=None, *, device=None, dtype=None):
     """Solve f(t) = int_0^t K_d(t, t') [y - f(t')] dt' (chapter 5 :eq:`ndk-volterra-train`) and
     evaluate f(x, t) = int_0^t k_d(t, t', x)^T [y - f(t')] dt' (:eq:`ndk-volterra-test`).
@@ -384,7 +397,7 @@ def solve_volterra(kernel_train, targets, times, kernel_test=None, *, device=Non
     Cost: O(n^2 P^2 + n P^3) operations and O(n) batched steps for the training predictor, one
     O(n^2 M P) contraction for the test predictor. Returns (f_train (n, P), f_test (n, M) or None).
     """
-    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    device, dtype = placement(device, dtype, kernel_train, targets, times, kernel_test)
     times = _check_grid(times, device, dtype)
     n = times.numel()
     kernel = as_tensor(kernel_train, "kernel_train", device=device, dtype=dtype)
@@ -400,23 +413,15 @@ def solve_volterra(kernel_train, targets, times, kernel_test=None, *, device=Non
     predictor = torch.zeros(n, p, device=device, dtype=dtype)
     weighted_residual = torch.zeros(n, p, device=device, dtype=dtype)  # w_j (y - f_j)
     weighted_residual[0] = weights[0] * y
-    if p == 1:  # the scalar reduction: plain divisions instead of P x P solves
-        flat, residual, weight_list = kernel[:, :, 0, 0], weighted_residual[:, 0], weights.tolist()
-        half_steps, target = (steps / 2).tolist(), float(y[0])
-        values = predictor[:, 0]
-        for i in range(1, n):
-            history = float(flat[i, :i] @ residual[:i])
-            diagonal = float(flat[i, i])
-            value = (history + half_steps[i - 1] * diagonal * target) / (
-                1.0 + half_steps[i - 1] * diagonal)
-            values[i] = value
-            residual[i] = weight_list[i] * (target - value)
+    if p == 1:  # the scalar reduction: a loop of divisions, on the host (one copy in, one copy out)
+        predictor = torch.as_tensor(_scalar_volterra(kernel[:, :, 0, 0], y[0], weights, steps),
+                                    device=device, dtype=dtype)[:, None]
     for i in range(1, n if p > 1 else 0):
         half = steps[i - 1] / 2
         history = torch.einsum("jab,jb->a", kernel[i, :i], weighted_residual[:i])
         diagonal = kernel[i, i]
         rhs = history + half * (diagonal @ y)
-        predictor[i] = torch.linalg.solve(identity + half * diagonal, rhs)
+        predictor[i] = torch.linalg.solve_ex(identity + half * diagonal, rhs)[0]  # no sync on info
         weighted_residual[i] = weights[i] * (y - predictor[i])
     if kernel_test is None:
         return predictor, None
@@ -451,7 +456,7 @@ def drift_predictor(x, x_train, targets, times, freeze_time: float, t, *, activa
     K_dr on ``|S| n_0 M P`` entries. Returns (f_dr of shape S + (M,), f_train on the nodes up to t_0,
     shape (n_0, P)).
     """
-    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    device, dtype = placement(device, dtype, x, x_train, targets, times, freeze_time, t)
     x, x_train = _inputs(x, "x", device, dtype), _inputs(x_train, "x_train", device, dtype)
     y = as_tensor(targets, "targets", device=device, dtype=dtype)
     if y.dim() != 1 or y.numel() != x_train.shape[0]:
@@ -508,7 +513,7 @@ def symmetric_task_kernels(times, rho: float, *, activation: str = "relu", depth
     grid (n, n) of time pairs, shaped (n, n, 1, 1) for :func:`solve_volterra` (chapter 5
     :eq:`ndk-scalar`). Returns (train, test, kernels) where ``kernels`` holds the three NDK arrays.
     """
-    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    device, dtype = placement(device, dtype, times, rho)
     rho = float(rho)
     if not -1.0 <= rho <= 1.0:
         raise ValueError(f"rho={rho!r} must lie in [-1, 1] (the overlap of two unit inputs)")
@@ -531,7 +536,7 @@ def synthetic_task(n_train: int, rho: float, *, device=None, dtype=None):
     """Inputs of the synthetic task in dimension N_0 = P + 1: x^mu = sqrt(N_0) e_mu (so that
     x.x'/N_0 = delta), balanced labels +-1 (y^1 = +1), a unit test point of overlap ``rho`` with x^1.
     Returns (x_train (P, N_0), y (P,), x_test (1, N_0))."""
-    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    device, dtype = placement(device, dtype, n_train, rho)
     check_count(n_train, "n_train", minimum=2)
     if n_train % 2:
         raise ValueError(f"n_train={n_train!r} must be even (balanced labels)")
@@ -550,7 +555,7 @@ def ntk_predictor(kernel_train, kernel_test, targets, times, *, device=None, dty
 
     ``kernel_train`` (P, P), ``kernel_test`` (M, P), ``times`` (n,). Returns ((n, P), (n, M)).
     """
-    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    device, dtype = placement(device, dtype, kernel_train, kernel_test, targets, times)
     kernel = as_tensor(kernel_train, "kernel_train", device=device, dtype=dtype)
     test = as_tensor(kernel_test, "kernel_test", device=device, dtype=dtype)
     y = as_tensor(targets, "targets", device=device, dtype=dtype)
@@ -569,7 +574,7 @@ def nngp_equilibrium(kernel_train, kernel_test, targets, temperature: float, *, 
                      dtype=None):
     """The long-time limit (chapter 5 :eq:`ndk-nngp-equilibrium`): k_GP^T (K_GP + T I)^{-1} y on
     the test inputs and K_GP (K_GP + T I)^{-1} y on the training inputs. Returns (train, test)."""
-    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    device, dtype = placement(device, dtype, kernel_train, kernel_test, targets, temperature)
     temperature = check_positive(temperature, "temperature", allow_zero=True)
     kernel = as_tensor(kernel_train, "kernel_train", device=device, dtype=dtype)
     test = as_tensor(kernel_test, "kernel_test", device=device, dtype=dtype)
@@ -598,7 +603,7 @@ def init_networks(n_replicas: int, widths, *, init_variance: float, generator=No
     """i.i.d. N(0, sigma_0^2) weights (W_1, ..., W_L, a) of ``n_replicas`` networks with layer widths
     ``widths`` = (N_0, N_1, ..., N_L). With ``antithetic`` the second half of the ensemble repeats
     the first with the readout negated (a valid sample that cancels the prior output exactly)."""
-    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    device, dtype = placement(device, dtype, n_replicas, widths)
     check_count(n_replicas, "n_replicas", minimum=2 if antithetic else 1)
     if antithetic and n_replicas % 2:
         raise ValueError(f"n_replicas={n_replicas!r} must be even with antithetic pairs")
@@ -832,6 +837,34 @@ def join_runs(first: LangevinRun, second: LangevinRun, offset: float) -> Langevi
                        second.state, first.diverged | second.diverged)
 
 
+def two_width_runs(x_train, y, x_test, *, widths, n_replicas: int, init_variance: float,
+                   n_steps: int, record, generators, activation: str = "relu", temperature: float,
+                   prior_variance: float, dt: float) -> dict[str, LangevinRun]:
+    """The three Langevin ensembles of a width-extrapolated check of :eq:`ndk-volterra-train` of
+    :doc:`/book/neural_dynamical_kernel` (:eq:`ndk-langevin`): ``"fine"`` and ``"coarse"``, the
+    step-halving pair of :func:`simulate_step_halving` at the hidden widths ``widths[0]``, and
+    ``"wide"``, one ensemble at ``widths[1]`` (usually twice as wide).
+
+    ``widths`` = (hidden widths (N_1, ..., N_L) of the narrow networks, those of the wide ones);
+    ``generators`` = (initial weights, narrow noise, wide noise); ``record`` as in
+    :func:`simulate_step_halving` (even steps). Returns a dict of three :class:`LangevinRun`.
+    """
+    if len(widths) != 2 or len(generators) != 3:
+        raise ValueError(f"widths={widths!r} needs two entries and generators three "
+                         f"(got {len(generators)})")
+    physics = dict(activation=activation, temperature=temperature, prior_variance=prior_variance,
+                   dt=dt, n_steps=n_steps, record=record)
+    dim = x_train.shape[1]
+    narrow, wide = ([dim, *layers] for layers in widths)
+    start = [init_networks(n_replicas, w, init_variance=init_variance, generator=generators[0],
+                           device=x_train.device, dtype=x_train.dtype) for w in (narrow, wide)]
+    fine, coarse = simulate_step_halving(start[0], x_train, y, x_test, generator=generators[1],
+                                         **physics)
+    return {"fine": fine, "coarse": coarse,
+            "wide": simulate_langevin(start[1], x_train, y, x_test, generator=generators[2],
+                                      **physics)}
+
+
 # --------------------------------------------------------------------------------------------
 # Helpers of the chapter's experiments
 
@@ -870,7 +903,7 @@ def time_grid(t_switch: float, t_end: float, n_fine: int, n_coarse: int, *, devi
     the slow diffusive one with few nodes. Used with :eq:`ndk-volterra-train` of
     :doc:`/book/neural_dynamical_kernel`.
     """
-    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    device, dtype = placement(device, dtype, t_switch, t_end, n_fine, n_coarse)
     if not 0 < t_switch < t_end:
         raise ValueError(f"need 0 < t_switch < t_end, got t_switch={t_switch!r}, t_end={t_end!r}")
     check_count(n_fine, "n_fine", minimum=2)
@@ -900,7 +933,7 @@ def symmetric_solution(times, rho: float, *, activation: str = "relu", depth: in
     :func:`symmetric_task_kernels` solved by :func:`solve_volterra`. Returns two tensors of shape
     ``(len(times),)``.
     """
-    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    device, dtype = placement(device, dtype, times, rho)
     train, test, _ = symmetric_task_kernels(times, rho, activation=activation, depth=depth,
                                             temperature=temperature, prior_variance=prior_variance,
                                             init_variance=init_variance, device=device,
@@ -949,7 +982,7 @@ def fluctuation_dissipation_sides(x, t_late: float, t_early: float, step: float,
     the central difference has error ~ c h^2, so ``|fine - ndk|`` falls 4x from coarse to fine when the
     identity holds.
     """
-    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    device, dtype = placement(device, dtype, x, t_late, t_early, step)
     check_positive(step, "step")
     physics = dict(activation=activation, depth=depth, temperature=temperature,
                    prior_variance=prior_variance, init_variance=init_variance, device=device,
@@ -975,7 +1008,7 @@ def integrated_ndk(x, n_nodes: int, *, activation: str = "relu", depth: int = 1,
     Gauss-Legendre quadrature with ``n_nodes`` nodes in u = e^{-k tau}, which maps [0, inf) onto
     (0, 1]. Returns (n, n).
     """
-    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    device, dtype = placement(device, dtype, x, n_nodes)
     check_count(n_nodes, "n_nodes", minimum=2)
     k = check_positive(temperature, "temperature") / check_positive(prior_variance,
                                                                      "prior_variance")
@@ -1013,7 +1046,7 @@ def digit_pair(classes, per_class: int = 50, *, device=None, dtype=None):
     """
     from .data import load_digits
 
-    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    device, dtype = placement(device, dtype, classes, per_class)
     if len(classes) != 2:
         raise ValueError(f"classes={classes!r} must name two digits")
     images, labels = load_digits(classes=classes, device=device, dtype=dtype)
@@ -1033,7 +1066,7 @@ def frozen_predictors(x, y, lags, *, activation: str = "relu", depth: int = 2,
     for inputs ``x`` (n, N_0) and labels ``y`` (n,). Returns ``(frozen (n_lags, n), limit (n,),
     kernel at the last lag (n, n), limit kernel (n, n))``.
     """
-    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    device, dtype = placement(device, dtype, x, y, lags)
     check_positive(temperature, "temperature")
     x = _inputs(x, "x", device, dtype)
     y = as_tensor(y, "y", device=device, dtype=dtype)
@@ -1065,7 +1098,7 @@ def stopping_scan(ratios, grid, *, rho: float, n_train: int = 4, activation: str
     eigenvalue. Ratios whose largest NTK eigenvalue times the first step exceeds
     ``max_first_step`` are left out (the grid would not resolve their gradient-driven phase).
     """
-    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    device, dtype = placement(device, dtype, ratios, grid)
     x_train, y, x_test = synthetic_task(n_train, rho, device=device, dtype=dtype)
     inputs = torch.cat([x_train, x_test])
     n = n_train
@@ -1104,6 +1137,48 @@ def winning_ratios(scan: dict[float, dict[str, float]], t_last: float) -> list[f
             if v["t_best"] < t_last - 1 and min(v["ntk"], v["gp"]) - v["best"] > 10 * v["error"]]
 
 
+def predictor_variance(x_train, x, times, *, activation: str = "relu", depth: int = 1,
+                       temperature: float, prior_variance: float, init_variance: float,
+                       device=None, dtype=None) -> torch.Tensor:
+    """Var f(x, t) of one network around the mean predictor at the inputs ``x``, on the nodes of ``times``.
+
+    At infinite width each network obeys f(x, t) = f_0(x, t) + int_0^t K_d(t, s, x, X) [y - f_train(s)] ds,
+    the linear response behind :eq:`ndk-volterra-train` and :eq:`ndk-volterra-test` of
+    :doc:`/book/neural_dynamical_kernel`, where f_0 is the prior output, a Gaussian process of covariance
+    C(t, t') K^L(t, t', x, x'). The fluctuation is linear in f_0 and does not depend on the labels
+    (:eq:`ndk-predictor-variance`): with the product trapezoid rule of :func:`solve_volterra` (A for the
+    training NDK, B for the test one, each row weighted by the trapezoid rule of int_0^{t_i}),
+    df(x) = df0(x) - B (I + A)^{-1} df0_train. At t = 0 this is the prior variance; at long times it
+    tends to the NNGP posterior variance K_GP(x, x) - k^T (K_GP + T I)^{-1} k.
+
+    ``x_train`` (P, N_0), ``x`` (M, N_0), ``times`` a grid from 0 (second order in uniform steps).
+    Cost: one (nP x nP) LU solve and O(n^3 P^2 M) products for n nodes. Returns (n, M).
+    """
+    device, dtype = placement(device, dtype, x_train, x, times)
+    x_train, x = _inputs(x_train, "x_train", device, dtype), _inputs(x, "x", device, dtype)
+    times = _check_grid(times, device, dtype)
+    n, p, m = times.numel(), x_train.shape[0], x.shape[0]
+    inputs = torch.cat([x_train, x])
+    kernels = two_time_kernels(inputs, inputs, times[:, None], times[None, :], activation=activation,
+                               depth=depth, temperature=temperature, prior_variance=prior_variance,
+                               init_variance=init_variance, device=device, dtype=dtype)
+    node = torch.tril(trapezoid_weights(times).expand(n, n)).clone()   # row i: int_0^{t_i}
+    node.diagonal()[1:] = torch.diff(times) / 2
+    node[0, 0] = 0.0
+    weighted = node[:, :, None, None] * kernels.ndk[:, :, :, :p]          # (n, n, P + M, P)
+    system = torch.eye(n * p, device=device, dtype=dtype) + weighted[:, :, :p].permute(
+        0, 2, 1, 3).reshape(n * p, n * p)
+    test_kernel = weighted[:, :, p:].permute(0, 2, 1, 3).reshape(n * m, n * p)
+    prior = kernels.output_covariance.permute(0, 2, 1, 3)                 # (n, P + M, n, P + M)
+    prior_train = prior[:, :p, :, :p].reshape(n * p, n * p)
+    prior_cross = prior[:, :p, :, p:].reshape(n * p, n * m)
+    prior_test = prior[:, p:, :, p:].reshape(n * m, n * m).diagonal()
+    gain = torch.linalg.solve(system.T, test_kernel.T).T                  # B (I + A)^{-1}
+    variance = (prior_test - 2 * (gain * prior_cross.T).sum(1)
+                + ((gain @ prior_train) * gain).sum(1))
+    return variance.reshape(n, m)
+
+
 __all__ = ["ACTIVATIONS", "PARAMETERIZATIONS", "Kernels", "LangevinRun", "activation_functions",
            "decorrelated_kernel",
            "drift_kernels", "drift_predictor", "gaussian_maps", "init_networks", "input_gram",
@@ -1114,4 +1189,5 @@ __all__ = ["ACTIVATIONS", "PARAMETERIZATIONS", "Kernels", "LangevinRun", "activa
            "volterra_double_loop", "simulate_step_halving", "join_runs", "pair_moments",
            "width_extrapolation", "time_grid", "refine", "symmetric_solution", "empirical_kernels",
            "fluctuation_dissipation_sides", "integrated_ndk", "threshold_accuracy", "digit_pair",
-           "frozen_predictors", "stopping_scan", "winning_ratios"]
+           "frozen_predictors", "stopping_scan", "winning_ratios", "predictor_variance",
+           "two_width_runs"]
