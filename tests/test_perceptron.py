@@ -257,3 +257,72 @@ def test_crossing_with_error_on_a_straight_line():
     np.testing.assert_allclose(error, [0.005, 0.01])
     with pytest.raises(ValueError, match="never reach"):
         crossing_with_error(times, values, np.zeros_like(values), 3.0)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_alignment_rate_and_decay_rate_are_the_flow_in_other_coordinates(rule):
+    from learndyn.perceptron import alignment_rate, orthogonal_decay_rate
+
+    m = torch.tensor([0.3, 1.2, 2.0, -0.4], dtype=F64)
+    q = torch.tensor([1.0, 2.0, 4.5, 0.3], dtype=F64)
+    for lam in (0.0, 0.3):
+        dm, dq = isotropic_flow(m, q, 0.7, 1.3, lam, rule)
+        torch.testing.assert_close(alignment_rate(m, q, 0.7, 1.3, rule), dm / m - dq / (2 * q),
+                                   rtol=1e-12, atol=1e-14)
+        f2 = orthogonal_decay_rate(m, q, 0.7, lam, rule)
+        f1 = (dm + m * f2) / 1.3  # dm/dt = |mu|^2 f1 - m f2, then 1/2 dq/dt = m f1 - q f2
+        torch.testing.assert_close(dq / 2, m * f1 - q * f2, rtol=1e-12, atol=1e-14)
+    # an orthogonal component decays at f2: mu = e_1, the component along e_2
+    w = torch.tensor([1.1, 0.4, -0.2], dtype=F64)
+    update = symmetric_mean_update(w, torch.tensor([1.0, 0.0, 0.0], dtype=F64),
+                                   torch.full((3,), 0.49, dtype=F64), 0.2, rule)
+    rate = orthogonal_decay_rate(w[0], w @ w, 0.7, 0.2, rule)
+    torch.testing.assert_close(update[1:], -rate * w[1:], rtol=1e-12, atol=1e-15)
+    with pytest.raises(ValueError, match="rule"):
+        alignment_rate(m, q, 0.7, 1.0, "hebb")
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_fixed_point_noise_against_the_sampled_updates(rule):
+    from learndyn.perceptron import fixed_point_noise
+
+    sigma, lam = 0.5, 0.3
+    r = fixed_point_norm(sigma, lam, rule)
+    classes = GaussianClasses.make([1.0, 0.0, 0.0], [-1.0, 0.0, 0.0], sigma**2)
+    w = torch.tensor([r, 0.0, 0.0], dtype=F64)
+    samples = 400_000
+    generator = torch.Generator().manual_seed(8)
+    normals = torch.randn(samples, 5, generator=generator, dtype=F64)
+    replicas = w.expand(samples, 3)
+    step = sl_step(replicas, normals[:, :4], classes, 1.0, lam) if rule == "sl" else rl_step(
+        replicas, normals, classes, 1.0, lam)
+    f = step - replicas
+    second = f[:, :, None] * f[:, None, :]  # <f> = 0 at the fixed point, so B = <f f^T>
+    noise = fixed_point_noise(r, sigma, lam, rule, dim=3)
+    assert noise.shape == (3, 3) and torch.equal(noise, torch.diag(noise.diagonal()))
+    error = second.std(0) / math.sqrt(samples)
+    assert ((second.mean(0) - noise).abs() < 5 * error).all()
+    with pytest.raises(ValueError, match="sigma"):
+        fixed_point_noise(r, -1.0, lam, rule)
+    with pytest.raises(ValueError, match="dim"):
+        fixed_point_noise(r, sigma, lam, rule, dim=0)
+
+
+def test_task_sequence_carries_the_state_and_follows_the_flow():
+    from learndyn.perceptron import task_sequence
+
+    tasks = torch.eye(3, dtype=F64)[:2]
+    w0 = torch.full((2000, 3), 0.2, dtype=F64)
+    ends = task_sequence(tasks, [0.5, 0.5], 0.5, 0.02, 0.3, "sl", w0,
+                         generator=lambda k: torch.Generator().manual_seed(k))
+    assert ends.shape == (2, 2000, 3)
+    var = torch.full((3,), 0.25, dtype=F64)
+    w, expected = w0[0], []
+    for task in tasks:
+        for _ in range(100):  # Euler steps of the flow, dt = 0.005
+            w = w + 0.005 * symmetric_mean_update(w, task, var, 0.3, "sl")
+        expected.append(w)
+    error = ends.std(1) / math.sqrt(2000)
+    assert ((ends.mean(1) - torch.stack(expected)).abs() < 5 * error + 2e-3).all()
+    with pytest.raises(ValueError, match="durations"):
+        task_sequence(tasks, [0.5] * 3, 0.5, 0.02, 0.3, "sl", w0, generator=torch.Generator)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from scipy.optimize import brentq
 
-from .backend import as_tensor, check_covariance, check_positive, check_shape
+from .backend import as_tensor, check_covariance, check_nonnegative, check_positive, check_shape
 from .ensemble import run_ensemble
 from .flows import drift_derivatives, rk4
 from .gaussian import (
@@ -162,12 +162,12 @@ def _check_rule(rule: str) -> str:
 
 
 def _check_lam(lam):
-    """A non-negative penalty: a number, or a tensor that broadcasts against the weights."""
+    """A non-negative penalty: a number, or a tensor that broadcasts against the weights (read back
+    once, not on every step: :func:`learndyn.backend.check_nonnegative`)."""
     if isinstance(lam, torch.Tensor):
-        if lam.numel() == 0 or not bool((lam >= 0).all()):
-            raise ValueError(f"lam must be >= 0, got a tensor of shape {tuple(lam.shape)} with "
-                             f"minimum {lam.min().item() if lam.numel() else 'none'}")
-        return lam
+        if lam.numel() == 0:
+            raise ValueError("lam is an empty tensor")
+        return check_nonnegative(lam, "lam")
     return check_positive(lam, "lam", allow_zero=True)
 
 
@@ -599,10 +599,99 @@ def training_set_step(x: torch.Tensor, y: torch.Tensor, eta: float, lam: float =
     return step
 
 
+# --- the speed of alignment, the decay of orthogonal components and the stationary noise (chapter 3) ---
+
+def _isotropic_arguments(m, q, sigma):
+    sigma2 = torch.as_tensor(sigma, dtype=m.dtype, device=m.device) ** 2
+    b2 = sigma2 * (math.pi / 8.0) * q
+    s = torch.sqrt(1.0 + b2)
+    return sigma2, b2, s, ERF_SIGMOID_SCALE * m / s
+
+
+def alignment_rate(m: torch.Tensor, q: torch.Tensor, sigma, mu2=1.0, rule: str = "sl") -> torch.Tensor:
+    """``d/dt ln(m / sqrt(q))`` of the isotropic flow, the exact form of Eqs. (3.24)-(3.25).
+
+    Implements :eq:`pc-alignment-rate` of :doc:`/book/nonlinear_perceptron`:
+    ``(1 - Phi(m~/s)) (|mu|^2/m - m/q)`` for SL and ``4 T(m~/s, 1/sqrt(1 + 2 sigma^2 q~))
+    (|mu|^2/m - m/q)`` for RL; the explicit sigma^2 terms and the penalty cancel. Broadcasts.
+    """
+    _, b2, _, h = _isotropic_arguments(m, q, sigma)
+    geometry = mu2 / m - m / q
+    if _check_rule(rule) == "sl":
+        return normal_cdf(-h) * geometry
+    return 4.0 * owens_t(h, torch.rsqrt(1.0 + 2.0 * b2)) * geometry
+
+
+def orthogonal_decay_rate(m: torch.Tensor, q: torch.Tensor, sigma, lam=0.0, rule: str = "sl") -> torch.Tensor:
+    """The rate ``f_2`` at which every component of ``<w>`` orthogonal to ``mu`` decays (Eq. 3.41).
+
+    Implements :eq:`pc-two-functions` of :doc:`/book/nonlinear_perceptron` for classes
+    ``N(+-mu, sigma^2 I)`` with ``m = mu . <w>``, ``q = |<w>|^2``: ``lambda + sigma^2 sqrt(pi/8)
+    phi_N(m~/s)/s`` for SL and ``lambda + 2 sigma^2 sqrt(pi/8) phi_N(m~/s)/s erf(m~/(s sqrt(2 + 4
+    sigma^2 q~)))`` for RL. It is the forgetting rate of an old task (Fig. 6). Broadcasts.
+    """
+    _check_lam(lam)
+    sigma2, b2, s, h = _isotropic_arguments(m, q, sigma)
+    noise = sigma2 * ERF_SIGMOID_SCALE * normal_pdf(h) / s
+    if _check_rule(rule) == "rl":
+        noise = 2.0 * noise * torch.special.erf(h / torch.sqrt(2.0 + 4.0 * b2))
+    return lam + noise
+
+
+def fixed_point_noise(r: float, sigma: float, lam: float, rule: str = "sl", *, dim: int = 2, nodes: int = 96,
+                      device=None, dtype=None) -> torch.Tensor:
+    """The update covariance ``B = <f f^T>`` at the fixed point ``<w*> = r e_1`` (``mu = e_1``,
+    ``Sigma = sigma^2 I``), by Gauss-Hermite quadrature over ``u = e_1 . x ~ N(1, sigma^2)``.
+
+    Implements the noise ``D`` of :eq:`pc-stationary-lyapunov` of :doc:`/book/nonlinear_perceptron`:
+    with ``<f> = 0`` there, ``B = E[e^2 x x^T] - lambda^2 r^2 e_1 e_1^T``, where ``E[e^2 | x]`` is
+    ``(1 - phi(r u))^2`` for SL and ``4 p (1 - p) ((1 - p)^3 + p^3)``, ``p = phi(r u)``, for RL; ``B``
+    is diagonal, ``sigma^2 E[e^2]`` across ``mu``. Returns ``(dim, dim)``.
+    """
+    sigma = check_positive(sigma, "sigma")
+    lam = check_positive(lam, "lam", allow_zero=True)
+    _check_rule(rule)
+    if dim < 1:
+        raise ValueError(f"dim={dim!r} must be >= 1")
+    dtype = dtype or torch.float64
+    points, weights = np.polynomial.hermite_e.hermegauss(nodes)
+    u = torch.as_tensor(1.0 + sigma * points, device=device, dtype=dtype)
+    weights = torch.as_tensor(weights / math.sqrt(2 * math.pi), device=device, dtype=dtype)
+    p = erf_sigmoid(r * u)
+    error2 = (1.0 - p) ** 2 if rule == "sl" else 4.0 * p * (1.0 - p) * ((1.0 - p) ** 3 + p**3)
+    along = (weights * error2 * u * u).sum() - (lam * r) ** 2
+    across = sigma**2 * (weights * error2).sum()
+    return torch.diag(torch.cat([along[None], across.expand(dim - 1)]))
+
+
+def task_sequence(tasks, durations, std, eta: float, lam: float, rule: str, w0, *, generator):
+    """Online learners trained on ``tasks[k]`` (classes ``N(+-tasks[k], std^2 I)``) for ``durations[k]``
+    in turn, each with its half-step twin (:func:`halved_run`), the state carried from task to task.
+
+    The continual-learning experiment of :doc:`/book/nonlinear_perceptron` (Fig. 6, the forgetting
+    rate of :eq:`pc-two-functions`). ``w0`` is (R, n); ``generator(k)`` gives the random stream of
+    task ``k``; task ``k`` lasts ``round(durations[k] / eta)`` steps. Returns the Richardson
+    combination ``2 w_{eta/2} - w_eta`` of every learner at the end of every task, (tasks, R, n).
+    """
+    check_positive(eta, "eta")
+    if len(durations) > len(tasks):
+        raise ValueError(f"{len(durations)} durations for {len(tasks)} tasks")
+    state, ends = w0, []
+    width = w0.shape[-1] + (1 if _check_rule(rule) == "sl" else 2)
+    for k, duration in enumerate(durations):
+        n_steps = math.floor(duration / eta + 0.5)
+        steps = [symmetric_step(tasks[k], std, e, lam, rule) for e in (eta, eta / 2)]
+        state = halved_run(*steps, state, n_steps, record=[n_steps], noise_shape=(w0.shape[0], width),
+                           generator=generator(k)).state
+        ends.append(2 * state[1] - state[0])
+    return torch.stack(ends)
+
+
 __all__ = [
     "GaussianClasses", "sl_mean_update", "sl_step", "sl_update", "sl_noise_covariance",
     "rl_mean_update", "mean_update", "symmetric_mean_update", "isotropic_flow", "fixed_point_norm",
     "rl_step", "learning_step", "simulate", "gaussian_accuracy", "symmetric_step",
     "frozen_inputs_sl_update", "shortcut_rl_update", "empirical_mean_update", "trace_decay",
-    "halved_run", "extrapolated", "Alignment", "alignment", "crossing_with_error", "training_set_step"
+    "halved_run", "extrapolated", "Alignment", "alignment", "crossing_with_error", "training_set_step",
+    "alignment_rate", "orthogonal_decay_rate", "fixed_point_noise", "task_sequence",
 ]
