@@ -10,6 +10,7 @@ import scipy.special
 import torch
 from scipy.integrate import quad
 
+from learndyn import gaussian
 from learndyn.gaussian import (
     expected_cdf,
     expected_cdf_pdf,
@@ -133,16 +134,66 @@ def test_bad_input_names_the_argument():
         owens_t(1.0, [[1.0, "x"]])
 
 
-def test_owens_t_relative_error_against_mpmath():
-    """Relative error <= 1e-13 wherever |T| > 1e-300, on the grid of tests/reference/make_owens_t.py."""
+@pytest.mark.parametrize("copies", [1, 20], ids=["masked path (small input)", "sorted path"])
+def test_owens_t_relative_error_against_mpmath(copies):
+    """Relative error <= 1e-13 wherever |T| > 1e-300, on the grid of tests/reference/make_owens_t.py,
+    by both evaluation paths (up to 2^14 points every method on every point, beyond sorted by region)."""
     table = np.genfromtxt(Path(__file__).parent / "reference" / "owens_t_mpmath.csv", delimiter=",",
                           names=True, dtype=None, encoding="ascii")
     h = torch.tensor(table["h"].astype(float), dtype=torch.float64)
     a = torch.tensor(table["a"].astype(float), dtype=torch.float64)
     reference = np.array([float(v) for v in table["T"]])
-    computed = owens_t(h, a).numpy()
+    assert (h.numel() * copies > gaussian._MASKED_MAX) == (copies > 1)
+    computed = owens_t(h.repeat(copies), a.repeat(copies)).numpy()[:h.numel()]
     resolved = np.abs(reference) > 1e-300
     relative = np.abs(computed[resolved] - reference[resolved]) / np.abs(reference[resolved])
     assert resolved.sum() > 900
     assert relative.max() <= 1e-13, (h[resolved][relative.argmax()], a[resolved][relative.argmax()])
     assert np.all(np.abs(computed[~resolved]) <= 1e-290)
+
+
+def test_owens_t_keeps_float32_and_the_device():
+    h32 = torch.tensor([0.3, 2.0, 12.0], dtype=torch.float32)
+    for out in (owens_t(h32, 0.5), owens_t(0.5, h32), owens_t(h32, h32), owens_t(h32.repeat(6000), 2.0)):
+        assert out.dtype == torch.float32
+    expected = owens_t(h32.double(), torch.tensor(0.5, dtype=torch.float64))
+    torch.testing.assert_close(owens_t(h32, 0.5).double(), expected, rtol=1e-5, atol=0)
+    assert owens_t(h32, 0.5, dtype=torch.float64).dtype == torch.float64
+
+
+def test_owens_t_chebyshev_coefficients_of_t3():
+    """T3's coefficients: 1/(1 + x^2) = sqrt 2 [1/2 + sum_k (-r^2)^k T_2k(x)], r = sqrt 2 - 1, cut at
+    degree 40 and written in powers of x."""
+    with mpmath.workdps(50):
+        r2 = (mpmath.sqrt(2) - 1) ** 2
+        chebyshev = [mpmath.sqrt(2) * (mpmath.mpf(1) / 2 if k == 0 else (-r2) ** k) for k in range(21)]
+        powers = [mpmath.mpf(0)] * 41
+        for k, c in enumerate(chebyshev):
+            for i, t in enumerate(mpmath.taylor(lambda x, k=k: mpmath.chebyt(2 * k, x), 0, 2 * k)):
+                powers[i] += c * t
+    assert np.allclose(gaussian._T3_COEFFICIENTS, [float(p) for p in powers[::2]], rtol=1e-15, atol=0)
+
+
+def test_owens_t_sorted_path_gradients_and_nan():
+    """The sorted path (more than 2^14 points) keeps autograd and NaN like the masked one."""
+    rng = np.random.default_rng(5)
+    h = torch.tensor(rng.normal(0, 3, 20_000), requires_grad=True)
+    a = torch.tensor(rng.standard_cauchy(20_000), requires_grad=True)
+    grad_h, grad_a = torch.autograd.grad(owens_t(h, a).sum(), (h, a))
+    h, a = h.detach(), a.detach()
+    torch.testing.assert_close(grad_h, -normal_pdf(h) * (normal_cdf(a * h) - 0.5), rtol=1e-12,
+                               atol=1e-15)
+    torch.testing.assert_close(grad_a, torch.exp(-h * h * (1 + a * a) / 2) / (2 * math.pi * (1 + a * a)),
+                               rtol=1e-12, atol=1e-15)
+    h[7], a[11] = math.nan, math.nan
+    out = owens_t(h, a)
+    assert torch.isnan(out[[7, 11]]).all() and torch.isfinite(out[:7]).all()
+
+
+@pytest.mark.parametrize("n", [10, 40_000])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_owens_t_leaves_its_inputs_alone(n, dtype):
+    h, a = torch.linspace(-3, 3, n, dtype=dtype), torch.linspace(-5, 5, n, dtype=dtype)
+    h0, a0 = h.clone(), a.clone()
+    owens_t(h, a)
+    assert torch.equal(h, h0) and torch.equal(a, a0)

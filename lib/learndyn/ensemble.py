@@ -137,16 +137,16 @@ def run_ensemble(
     if 0 in record_set:
         _append(records, observe(_pack(states, was_tuple)), device)
     good = states
-    pending = None
+    rows: list = []
     for t in range(n_steps):
         if noise is None:
             drawn = generator
         else:
             if t % noise_chunk == 0:
-                pending = noise(min(noise_chunk, n_steps - t), generator)
-            row = t % noise_chunk
-            drawn = tuple(p[row] for p in pending) if isinstance(pending, tuple) else pending[row]
-        states, _ = _as_tuple(step(_pack(states, was_tuple), drawn))
+                rows = _rows(noise(min(noise_chunk, n_steps - t), generator))
+            drawn = rows[t % noise_chunk]
+        new = step(states if was_tuple else states[0], drawn)
+        states = (new,) if isinstance(new, torch.Tensor) else _as_tuple(new)[0]
         done = t + 1
         if done in record_set or done % check_every == 0 or done == n_steps:
             _check(states, alive, diverged_at, done, bound)
@@ -171,6 +171,13 @@ def _as_tuple(state: State) -> tuple[tuple[torch.Tensor, ...], bool]:
     if isinstance(state, tuple | list) and state and all(isinstance(s, torch.Tensor) for s in state):
         return tuple(state), True
     raise ValueError(f"state must be a tensor or a tuple of tensors, got {type(state).__name__}")
+
+
+def _rows(pending) -> list:
+    """The per-step slices of a chunk of noise (a tensor or a tuple of tensors), made at once."""
+    if isinstance(pending, tuple):
+        return list(zip(*(p.unbind(0) for p in pending), strict=True))
+    return list(pending.unbind(0)) if isinstance(pending, torch.Tensor) else pending
 
 
 def _pack(states: tuple[torch.Tensor, ...], was_tuple: bool) -> State:
