@@ -580,3 +580,17 @@ def test_two_width_runs_shapes_and_widths(device):
         ndk.two_width_runs(x_train, y, x_test, widths=([6],), n_replicas=4, init_variance=1.0,
                            n_steps=4, record=2, generators=generators, temperature=0.1,
                            prior_variance=1.0, dt=0.05)
+
+
+def test_extrapolated_trapezoid_is_fourth_order():
+    def solution(times):
+        kernel = torch.ones(len(times), len(times), 1, 1, dtype=torch.float64)
+        return ndk.solve_volterra(kernel, torch.ones(1, dtype=torch.float64), times, device="cpu")[0][:, 0]
+
+    exact = lambda t: 1 - torch.exp(-t)  # noqa: E731 - f = int_0^t (1 - f): f = 1 - exp(-t)
+    coarse = [torch.linspace(0, 3, 1 + 10 * 2**k, dtype=torch.float64) for k in range(3)]
+    extrapolated = [ndk.extrapolate_trapezoid(solution(coarse[k]), solution(coarse[k + 1])) for k in range(2)]
+    errors = [(extrapolated[k] - exact(coarse[k])).abs().max() for k in range(2)]
+    assert 3.8 < math.log2(errors[0] / errors[1]) < 4.2
+    with pytest.raises(ValueError, match="refined grid"):
+        ndk.extrapolate_trapezoid(torch.zeros(5), torch.zeros(8))

@@ -14,7 +14,8 @@ import math
 import torch
 from test_device_path import meta_default_device
 
-from learndyn import gaussian, ndk, perceptron
+from learndyn import gaussian, ndk, perceptron, singular_limit
+from learndyn import noise_injection as ni
 from learndyn.backend import make_generator
 from learndyn.ensemble import run_ensemble
 from learndyn.flows import integrate_moments, rk4
@@ -114,3 +115,67 @@ def test_stochastic_runs_fed_the_same_noise():
                             noise=lambda k, g: noise[:k], bound=100.0).records["state"]
 
     assert_same(run, table, rtol=1e-10, atol=1e-12)
+
+
+def test_learning_rules_fed_the_same_noise():
+    table = draw(40, 32, 5, seed=8)
+
+    def run(noise, rule):
+        classes = perceptron.GaussianClasses.make([1.0, 0.5, 0.0], [-1.0, 0.0, 0.0], 0.5,
+                                                  device=noise.device)
+        step = perceptron.learning_step(classes, 0.05, 0.01, rule)
+        w0 = torch.zeros(32, 3, dtype=F64, device=noise.device)
+        return run_ensemble(step, w0, 40, record=8, noise=lambda k, g: noise[:k, :, :3 + (rule == "rl") + 1],
+                            bound=100.0).records["state"]
+
+    for rule in ("sl", "rl"):
+        assert_same(lambda noise, rule=rule: run(noise, rule), table, rtol=1e-10, atol=1e-12)
+
+
+def test_langevin_and_toy_sgd_steps_fed_the_same_noise():
+    x_train, y, x_test = ndk.synthetic_task(2, 0.5, device=CPU)
+    weights = ndk.init_networks(8, [3, 16], init_variance=1.0, generator=make_generator(3, device=CPU),
+                                device=CPU)
+    noise = (draw(4, 16, 3, seed=9), draw(4, 16, seed=10))
+
+    def langevin(w_hidden, w_out, n_hidden, n_out, x_, y_):
+        return ndk.langevin_step((w_hidden, w_out), None, x=x_, y=y_, activation="relu", temperature=0.1,
+                                 prior_variance=1.0, dt=0.05, noise=(n_hidden, n_out))
+
+    assert_same(langevin, *weights, *noise, x_train, y)
+    state, moments = tuple(draw(16, seed=11 + k) for k in range(3)), tuple(draw(16, seed=14 + k).abs()
+                                                                          for k in range(3))
+    assert_same(lambda *tensors: ni.toy_update(tensors[:3], tensors[3:], 0.05), *state, *moments)
+
+
+def test_noise_injection_mlp_gradients():
+    params = ni.init_nin_mlp(3, 4, 8, 2, generator=make_generator(5, device=CPU), device=CPU)
+    names = sorted(params)
+    x, targets, eps = draw(3, 6, 4, seed=20), torch.eye(2, dtype=F64)[torch.arange(6) % 2].expand(3, 6, 2), \
+        draw(3, 6, seed=21)
+
+    def gradients(x_, y_, e_, *values):
+        grads = ni.nin_mlp_gradients(dict(zip(names, values, strict=True)), x_, y_, e_)
+        return tuple(grads[name] for name in names)
+
+    assert_same(gradients, x, targets.contiguous(), eps, *(params[name] for name in names))
+
+
+def test_noisy_gd_losses_and_limiting_flows():
+    inputs, targets = draw(3, 2, seed=30), draw(3, seed=31)
+
+    def network(device):
+        return singular_limit.DiagonalNetwork.make(inputs.to(device), targets.to(device), device=device)
+
+    w = draw(8, 4, seed=32)
+
+    def loss_and_gradient(w_, eta_):
+        w_ = w_.clone().requires_grad_(True)
+        value = singular_limit.noisy_loss("weight", w_, eta_, network(w_.device)).sum()
+        return value.detach(), torch.autograd.grad(value, w_)[0]
+
+    assert_same(loss_and_gradient, w, 0.3 * draw(8, 4, seed=34))
+    times = torch.linspace(0, 1, 11, dtype=F64)
+    for kind in ("dropout", "label"):
+        assert_same(lambda w_, kind=kind: singular_limit.limiting_flow(kind, w_, times.to(w_.device),
+                                                                       network(w_.device)), w.abs() + 0.1)
