@@ -849,16 +849,10 @@ def jackknife_error(samples, statistic: Callable, n_groups: int = 25) -> float:
 
     Implements the error bar of :eq:`ln-flatness` of :doc:`/book/linear_network_fluctuations`.
     ``samples`` ``(R, ...)`` per replica; ``statistic`` maps a batch of means ``(n_groups, ...)``
-    to one number each. ``R`` must be a multiple of ``n_groups``.
+    to one number each. ``R`` must be a multiple of ``n_groups``. The error of
+    :func:`jackknife_bias_and_error`, as a number.
     """
-    x = torch.as_tensor(samples)
-    groups = check_count(n_groups, "n_groups", minimum=2)
-    if x.shape[0] % groups:
-        raise ValueError(f"samples has {x.shape[0]} replicas, not a multiple of n_groups={groups}")
-    sums = x.reshape(groups, -1, *x.shape[1:]).sum(1)
-    leave_out = (sums.sum(0, keepdim=True) - sums) / (x.shape[0] - x.shape[0] // groups)
-    jack = statistic(leave_out)
-    return math.sqrt((groups - 1) / groups * ((jack - jack.mean()) ** 2).sum().item())
+    return float(jackknife_bias_and_error(samples, statistic, n_groups)[1])
 
 
 def null_space_msd(reference, null_basis) -> Callable:
