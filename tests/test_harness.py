@@ -2,6 +2,7 @@
 tiny notebooks written under tmp_path (each execution starts a kernel: a few seconds)."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -194,9 +195,10 @@ def test_nbval_fills_the_jupyter_cache_that_the_book_build_reads(tmp_path):
     passing = write_notebook(tmp_path / "book" / "passing.ipynb", "print('hello')", "6 * 7")
     failing = write_notebook(tmp_path / "book" / "failing.ipynb", "assert False, 'broken: always'")
     cache = tmp_path / "_build" / ".jupyter_cache"
+    book_defaults = {name: value for name, value in os.environ.items() if not name.startswith("LEARNDYN_")}
     result = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", "-q",
                              f"--nb-jupyter-cache={cache}", str(passing), str(failing)],
-                            cwd=tmp_path, capture_output=True, text=True)
+                            cwd=tmp_path, capture_output=True, text=True, env=book_defaults)
     assert result.returncode == 1, result.stdout  # the failing notebook fails
     jcache = get_cache(str(cache))
     record = jcache.match_cache_notebook(nbformat.reads(passing.read_text(), as_version=4))
