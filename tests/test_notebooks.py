@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from learndyn.teaching import exercise_cells
+from learndyn.teaching import exercise_cells, find_exercises
+from tests.harness.seeds import NOT_CHAPTERS
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "book").glob("*.ipynb"))
@@ -81,3 +82,13 @@ def test_notebook_keeps_its_reading_budget(path):
     exercises = exercise_code_lines(notebook)
     assert exercises <= EXERCISE_CODE_LINES, \
         f"{path.name}: {exercises} visible lines of exercise code, over {EXERCISE_CODE_LINES}"
+
+
+CHAPTERS = [path for path in NOTEBOOKS if path.stem not in NOT_CHAPTERS]
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_every_chapter_has_five_exercises_two_of_them_coding(path):
+    exercises = find_exercises(json.loads(path.read_text()), path.stem)
+    kinds = [exercise.kind for exercise in exercises]
+    assert len(exercises) >= 5 and kinds.count("coding") >= 2, f"{path.name}: {kinds}"
