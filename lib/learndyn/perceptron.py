@@ -641,7 +641,8 @@ def orthogonal_decay_rate(m: torch.Tensor, q: torch.Tensor, sigma, lam=0.0, rule
 def fixed_point_noise(r: float, sigma: float, lam: float, rule: str = "sl", *, dim: int = 2, nodes: int = 96,
                       device=None, dtype=None) -> torch.Tensor:
     """The update covariance ``B = <f f^T>`` at the fixed point ``<w*> = r e_1`` (``mu = e_1``,
-    ``Sigma = sigma^2 I``), by Gauss-Hermite quadrature over ``u = e_1 . x ~ N(1, sigma^2)``.
+    ``Sigma = sigma^2 I``), by Gauss-Hermite quadrature over the first input component
+    ``u = x_1 ~ N(1, sigma^2)``.
 
     Implements the noise ``D`` of :eq:`pc-stationary-lyapunov` of :doc:`/book/nonlinear_perceptron`:
     with ``<f> = 0`` there, ``B = E[e^2 x x^T] - lambda^2 r^2 e_1 e_1^T``, where ``E[e^2 | x]`` is
