@@ -51,27 +51,16 @@ def test_config_executes_and_fails_on_errors():
 
 FOLDED = {"hide-input", "remove-input", "remove-cell"}
 VISIBLE_CODE_LINES = 250
-EXERCISE_CODE_LINES = 80
 
 
-def _visible_lines(cell: dict) -> int:
-    if cell["cell_type"] != "code" or FOLDED & set(cell.get("metadata", {}).get("tags", [])):
-        return 0
-    return sum(1 for line in "".join(cell["source"]).splitlines() if line.strip())
+def _folded(cell: dict) -> bool:
+    return bool(FOLDED & set(cell.get("metadata", {}).get("tags", [])))
 
 
 def visible_code_lines(notebook: dict) -> int:
-    """Non-blank lines of the chapter's own code cells that a reader sees unfolded (no hide/remove
-    tag); the exercises' cells have a budget of their own."""
-    exercises = exercise_cells(notebook)
-    return sum(_visible_lines(cell) for number, cell in enumerate(notebook["cells"])
-               if number not in exercises)
-
-
-def exercise_code_lines(notebook: dict) -> int:
-    """Visible lines of the exercises' scaffold and check cells (solutions are collapsed)."""
-    return sum(_visible_lines(notebook["cells"][number]) for number, part in exercise_cells(notebook).items()
-               if part != "solution")
+    """Non-blank lines of the code cells a reader sees unfolded (no hide/remove tag)."""
+    return sum(1 for cell in notebook["cells"] if cell["cell_type"] == "code" and not _folded(cell)
+               for line in "".join(cell["source"]).splitlines() if line.strip())
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -79,9 +68,8 @@ def test_notebook_keeps_its_reading_budget(path):
     notebook = json.loads(path.read_text())
     count = visible_code_lines(notebook)
     assert count <= VISIBLE_CODE_LINES, f"{path.name}: {count} visible code lines, over {VISIBLE_CODE_LINES}"
-    exercises = exercise_code_lines(notebook)
-    assert exercises <= EXERCISE_CODE_LINES, \
-        f"{path.name}: {exercises} visible lines of exercise code, over {EXERCISE_CODE_LINES}"
+    unfolded = [number for number in exercise_cells(notebook) if not _folded(notebook["cells"][number])]
+    assert not unfolded, f"{path.name}: exercise code cells {unfolded} are not folded (hide-input)"
 
 
 CHAPTERS = [path for path in NOTEBOOKS if path.stem not in NOT_CHAPTERS]
